@@ -1,0 +1,66 @@
+-- Jobs, their append-only history, and the archive of raw webhook deliveries.
+-- Timestamps are unix milliseconds (UTC); JSON is stored as TEXT.
+
+CREATE TABLE jobs (
+    id                  INTEGER PRIMARY KEY,
+    job_id              TEXT UNIQUE,
+    submission_id       TEXT UNIQUE,
+    status              TEXT NOT NULL,
+    output              TEXT,
+    error               TEXT,
+    metadata            TEXT,
+    request             TEXT,
+    resolved_by         TEXT,
+    poll_count          INTEGER NOT NULL DEFAULT 0,
+    not_found_streak    INTEGER NOT NULL DEFAULT 0,
+    raw_response        TEXT,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL,
+    completed_at        INTEGER,
+    webhook_received_at INTEGER,
+    last_polled_at      INTEGER,
+    next_poll_at        INTEGER,
+    -- id of the newest history entry: orders "newest change first"
+    seq                 INTEGER NOT NULL DEFAULT 0,
+    CHECK (job_id IS NOT NULL OR submission_id IS NOT NULL)
+);
+CREATE INDEX jobs_by_seq ON jobs (seq);
+CREATE INDEX jobs_by_status_seq ON jobs (status, seq);
+CREATE INDEX jobs_by_next_poll ON jobs (next_poll_at) WHERE next_poll_at IS NOT NULL;
+
+-- AUTOINCREMENT: ids are never reused, so they can serve as stream positions.
+CREATE TABLE job_events (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_pk INTEGER NOT NULL REFERENCES jobs (id),
+    at     INTEGER NOT NULL,
+    kind   TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX job_events_by_job ON job_events (job_pk, id);
+
+CREATE TABLE deliveries (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at  INTEGER NOT NULL,
+    job_pk       INTEGER REFERENCES jobs (id),
+    outcome      TEXT NOT NULL CHECK (outcome IN ('accepted', 'duplicate', 'rejected')),
+    reason       TEXT,
+    remote_addr  TEXT,
+    headers      TEXT NOT NULL,
+    -- NULL for duplicates (see duplicate_of) and once pruned by retention
+    body         BLOB,
+    body_sha256  BLOB NOT NULL,
+    body_size    INTEGER NOT NULL,
+    duplicate_of INTEGER REFERENCES deliveries (id),
+    pruned_at    INTEGER
+);
+-- One accepted copy per job and body: the dedupe is this constraint, never a check-then-insert.
+CREATE UNIQUE INDEX deliveries_dedupe ON deliveries (job_pk, body_sha256) WHERE outcome = 'accepted';
+CREATE INDEX deliveries_by_job ON deliveries (job_pk, id);
+CREATE INDEX deliveries_by_outcome ON deliveries (outcome, id);
+CREATE INDEX deliveries_with_body ON deliveries (received_at) WHERE body IS NOT NULL;
+
+-- A row /readyz rewrites to prove the database takes writes.
+CREATE TABLE heartbeat (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+);

@@ -1,0 +1,132 @@
+//! Running the service: both listeners and the background tasks, under one shutdown signal.
+
+use crate::config::Config;
+use crate::domain::time::Clock;
+use crate::http::{api_app, public_app};
+use crate::state::AppState;
+use crate::{retention, store};
+use anyhow::Context as _;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The two already-bound listeners (tests bind port 0 and read the address back).
+pub struct Listeners {
+    pub public: TcpListener,
+    pub api: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let public = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
+        let api = TcpListener::bind(config.server.api_listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on server.api_listen {}", config.server.api_listen)
+            })?;
+        Ok(Listeners { public, api })
+    }
+}
+
+/// Applies migrations and returns; what `jobhook migrate` does.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = store::open(&config.database.url)
+        .await
+        .context("cannot open the database (database.url)")?;
+    store.migrate().await.context("cannot apply migrations")?;
+    store.close().await;
+    Ok(())
+}
+
+/// Runs the service until `shutdown` resolves, then drains in-flight requests and exits.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = store::open(&config.database.url)
+        .await
+        .context("cannot open the database (database.url)")?;
+    store.migrate().await.context("cannot apply migrations")?;
+    if config.receive_only() {
+        tracing::warn!(
+            "no pictory.api_key: running receive-only (no submissions, no polls); \
+             job state comes from webhook bodies"
+        );
+    }
+    let state = AppState::new(config, store.clone(), clock)?;
+    let stop = CancellationToken::new();
+    let tasks = vec![tokio::spawn(retention::run(state.clone(), stop.child_token()))];
+
+    tracing::info!(
+        public = %listeners.public.local_addr()?,
+        api = %listeners.api.local_addr()?,
+        "jobhook is listening"
+    );
+    let public = axum::serve(
+        listeners.public,
+        public_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned())
+    .into_future();
+    let api = axum::serve(
+        listeners.api,
+        api_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned())
+    .into_future();
+    let trigger = stop.clone();
+    let watcher = tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        trigger.cancel();
+    });
+
+    let (public, api) = tokio::join!(public, api);
+    // If a listener died on its own, stop everything else too.
+    stop.cancel();
+    watcher.abort();
+    for task in tasks {
+        if let Err(err) = task.await {
+            tracing::error!(error = %err, "background task failed");
+        }
+    }
+    store.close().await;
+    public.context("public listener failed")?;
+    api.context("api listener failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,8 @@
+//! jobhook's own vocabulary: jobs, their statuses, and how a Pictory report moves them.
+
+pub mod job;
+pub mod status;
+pub mod time;
+
+pub use job::{plan_report, Job, JobEvent, ReportPlan};
+pub use status::{Cause, JobStatus};

@@ -1,0 +1,86 @@
+//! The private listener: REST API under `/v1`, plus `/readyz`, `/metrics` and `/openapi.json`.
+
+pub mod deliveries;
+pub mod jobs;
+pub mod ops;
+
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::OpenApi;
+
+pub fn router(state: &AppState) -> Router<AppState> {
+    let v1 = Router::new()
+        .route("/v1/jobs", post(jobs::register_job).get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/raw", get(jobs::get_raw))
+        .route("/v1/jobs/{id}/events", get(jobs::get_events))
+        .route("/v1/webhook-url", get(jobs::webhook_url))
+        .route("/v1/deliveries", get(deliveries::list_deliveries))
+        .route("/v1/deliveries/{id}", get(deliveries::get_delivery))
+        .route("/v1/deliveries/{id}/replay", post(deliveries::replay_delivery))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(v1)
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+}
+
+/// `Authorization: Bearer <token>` on every `/v1` route when `api.tokens` is set.
+async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if state.api_requires_token() {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        match presented {
+            Some(token) if state.api_token_matches(token) => {}
+            _ => return Err(ApiError::Unauthorized),
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "jobhook private API", description = "Jobs, deliveries and operations of a jobhook instance."),
+    paths(
+        jobs::register_job, jobs::list_jobs, jobs::get_job, jobs::get_raw, jobs::get_events,
+        jobs::webhook_url, deliveries::list_deliveries, deliveries::get_delivery,
+        deliveries::replay_delivery, ops::readyz, ops::metrics,
+    ),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

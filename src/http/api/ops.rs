@@ -1,0 +1,75 @@
+//! Operational endpoints of the private listener: `/readyz`, `/metrics`, `/openapi.json`.
+
+use crate::domain::JobStatus;
+use crate::metrics::StatusLabel;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Ready when the database takes a write and the schema is current.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready"), (status = 503, description = "Not ready, with the reason")))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ready(state.now_ms()).await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "reason": "database: not writable or schema not current"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics in the OpenMetrics text format", content_type = "application/openmetrics-text")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    // Gauges that describe the database are read at scrape time; a failed read leaves them as
+    // they were and is logged, so a scrape never fails because of them.
+    match state.store.count_by_status().await {
+        Ok(counts) => {
+            for status in JobStatus::ALL {
+                let count = counts
+                    .iter()
+                    .find(|(s, _)| *s == status)
+                    .map_or(0, |(_, n)| *n);
+                state
+                    .metrics
+                    .jobs
+                    .get_or_create(&StatusLabel {
+                        status: status.as_str().to_owned(),
+                    })
+                    .set(count);
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot count jobs for metrics"),
+    }
+    let now = state.now_ms();
+    match state.store.overdue(now).await {
+        Ok((count, oldest)) => {
+            state.metrics.overdue_jobs.set(count);
+            let age_secs = oldest.map_or(0, |due| (now - due).max(0) / 1000);
+            state.metrics.oldest_overdue_seconds.set(age_secs);
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot count overdue jobs for metrics"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This listener's OpenAPI 3 description, generated from the handlers.
+pub async fn openapi() -> Response {
+    Json(super::openapi_document()).into_response()
+}

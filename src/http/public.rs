@@ -1,0 +1,167 @@
+//! The public listener: Pictory's webhooks and `/healthz`, nothing else.
+
+use super::error::ApiError;
+use crate::pictory::JobReport;
+use crate::signature;
+use crate::state::AppState;
+use crate::store::{DeliveryOutcome, DeliveryTarget, NewDelivery};
+use crate::webhook_key::KeyScope;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use std::net::SocketAddr;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/pictory/{key}", post(receive_webhook))
+        .route("/healthz", get(healthz))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Headers whose values are credentials and are not archived.
+const REDACTED_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+/// `POST /webhooks/pictory/{key}`: store first, answer after the commit.
+async fn receive_webhook(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // A wrong key learns nothing and costs nothing: no body read, nothing stored.
+    let Some(scope) = state.webhook_keys.check(&key) else {
+        return Err(ApiError::NotFound("no such webhook endpoint".into()));
+    };
+    let body = read_limited(&state, &headers, body).await?;
+    let received_at = state.now_ms();
+    let archive = |target| NewDelivery {
+        received_at,
+        remote_addr: Some(remote.to_string()),
+        headers: headers_json(&headers),
+        body: body.to_vec(),
+        target,
+    };
+
+    if !state.signing_keys.is_empty() {
+        let now_secs = received_at.div_euclid(1000);
+        if let Err(why) = signature::verify(&state.signing_keys, &headers, &body, now_secs) {
+            let reason = format!("signature: {why}");
+            store_rejected(&state, archive(DeliveryTarget::Rejected { reason })).await?;
+            return Err(ApiError::InvalidSignature(why.to_string()));
+        }
+    }
+
+    let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
+        let reason = "body is not JSON".to_owned();
+        store_rejected(&state, archive(DeliveryTarget::Rejected { reason })).await?;
+        return Err(ApiError::bad_request("malformed_body", "the body is not valid JSON"));
+    };
+    let report = JobReport::from_json(&parsed);
+    let submission_id = match scope {
+        KeyScope::Submission(id) => Some(id.to_string()),
+        KeyScope::Generic => None,
+    };
+    if report.job_id.is_none() && submission_id.is_none() {
+        let reason = "no job id in the body".to_owned();
+        store_rejected(&state, archive(DeliveryTarget::Rejected { reason })).await?;
+        return Err(ApiError::bad_request(
+            "no_job_id",
+            "the body names no job (`job_id` or `jobId`)",
+        ));
+    }
+
+    let target = DeliveryTarget::Job {
+        job_id: report.job_id,
+        submission_id,
+        report: Some(report.state),
+    };
+    let ingested = state.store.ingest(archive(target)).await?;
+    state.metrics.count_delivery(ingested.outcome.as_str());
+    match ingested.outcome {
+        DeliveryOutcome::Rejected => Err(ApiError::bad_request(
+            "unknown_job",
+            "the body names no job and the submission is not tracked",
+        )),
+        outcome => {
+            if outcome == DeliveryOutcome::Duplicate {
+                state.metrics.duplicates.inc();
+            }
+            let job = ingested.job.as_ref().map(|job| job.display_id().to_owned());
+            tracing::info!(delivery_id = ingested.delivery_id, outcome = outcome.as_str(), job = ?job, "webhook stored");
+            Ok((
+                StatusCode::OK,
+                Json(json!({
+                    "status": outcome.as_str(),
+                    "delivery_id": ingested.delivery_id,
+                    "job_id": job,
+                })),
+            )
+                .into_response())
+        }
+    }
+}
+
+async fn store_rejected(state: &AppState, delivery: NewDelivery) -> Result<(), ApiError> {
+    let ingested = state.store.ingest(delivery).await?;
+    state.metrics.count_delivery(ingested.outcome.as_str());
+    tracing::info!(delivery_id = ingested.delivery_id, "webhook rejected and archived");
+    Ok(())
+}
+
+/// Reads the body, refusing it as soon as it passes `server.body_limit`.
+async fn read_limited(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.config.server.body_limit.as_u64();
+    let too_large = || ApiError::TooLarge(format!("the body is larger than {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
+        let over_limit = std::iter::successors(
+            Some(&err as &(dyn std::error::Error + 'static)),
+            |e| e.source(),
+        )
+        .any(|e| e.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            too_large()
+        } else {
+            ApiError::bad_request("unreadable_body", "the request body could not be read")
+        }
+    })
+}
+
+/// Header names and values as a JSON object; credentials are masked.
+fn headers_json(headers: &HeaderMap) -> String {
+    let mut map = Map::new();
+    for (name, value) in headers {
+        let name = name.as_str();
+        let text = if REDACTED_HEADERS.contains(&name) {
+            "[redacted]".to_owned()
+        } else {
+            String::from_utf8_lossy(value.as_bytes()).into_owned()
+        };
+        match map.get_mut(name) {
+            Some(Value::String(existing)) => {
+                existing.push_str(", ");
+                existing.push_str(&text);
+            }
+            _ => {
+                map.insert(name.to_owned(), Value::String(text));
+            }
+        }
+    }
+    Value::Object(map).to_string()
+}

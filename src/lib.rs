@@ -1,0 +1,19 @@
+//! jobhook: receives Pictory's job webhooks durably, keeps every job's state and history, and serves
+//! them to the team's own systems. `main.rs` is a thin command line over this library; tests drive
+//! [`app::run`] with their own listeners, clock and shutdown.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod pictory;
+pub mod retention;
+pub mod signature;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod webhook_key;

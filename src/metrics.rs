@@ -1,0 +1,144 @@
+//! Prometheus metrics, kept per service instance (no global recorder, so tests stay apart).
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Listener {
+    Public,
+    Api,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: Listener,
+    pub method: String,
+    /// The matched route template, never the raw path (ids would explode the label set).
+    pub route: String,
+    pub status: u16,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub deliveries: Family<OutcomeLabel, Counter>,
+    pub duplicates: Counter,
+    pub get_job_calls: Family<ResultLabel, Counter>,
+    pub jobs: Family<StatusLabel, Gauge>,
+    pub overdue_jobs: Gauge,
+    pub oldest_overdue_seconds: Gauge,
+    pub notification_attempts: Family<OutcomeLabel, Counter>,
+    pub pruned_bodies: Counter,
+    pub request_duration: Family<RequestLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("jobhook");
+        let deliveries = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries received, by outcome (accepted, duplicate, rejected)",
+            deliveries.clone(),
+        );
+        let duplicates = Counter::default();
+        registry.register(
+            "webhook_duplicates",
+            "Deliveries identical to an earlier one for the same job",
+            duplicates.clone(),
+        );
+        let get_job_calls = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "pictory_get_job_calls",
+            "Calls to Pictory's Get Job endpoint, by result",
+            get_job_calls.clone(),
+        );
+        let jobs = Family::<StatusLabel, Gauge>::default();
+        registry.register("jobs", "Tracked jobs by status", jobs.clone());
+        let overdue_jobs = Gauge::default();
+        registry.register(
+            "jobs_overdue",
+            "Jobs whose next poll is past due",
+            overdue_jobs.clone(),
+        );
+        let oldest_overdue_seconds = Gauge::default();
+        registry.register(
+            "jobs_oldest_overdue_seconds",
+            "How long the most overdue poll has been waiting",
+            oldest_overdue_seconds.clone(),
+        );
+        let notification_attempts = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "notification_attempts",
+            "Outbound notification attempts, by outcome",
+            notification_attempts.clone(),
+        );
+        let pruned_bodies = Counter::default();
+        registry.register(
+            "delivery_bodies_pruned",
+            "Raw webhook bodies removed by retention",
+            pruned_bodies.clone(),
+        );
+        let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0])
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by listener, route and status",
+            request_duration.clone(),
+        );
+        Metrics {
+            registry,
+            deliveries,
+            duplicates,
+            get_job_calls,
+            jobs,
+            overdue_jobs,
+            oldest_overdue_seconds,
+            notification_attempts,
+            pruned_bodies,
+            request_duration,
+        }
+    }
+
+    pub fn count_delivery(&self, outcome: &str) {
+        self.deliveries
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %err, "cannot encode metrics");
+        }
+        out
+    }
+}

@@ -1,0 +1,5 @@
+//! Everything about Pictory's wire format.
+
+pub mod report;
+
+pub use report::{JobError, JobOutput, JobReport, ReportedState};

@@ -1,0 +1,48 @@
+//! Prunes raw webhook bodies older than `retention.deliveries`, in small batches so the single
+//! SQLite writer is never held long enough to delay ingest. Jobs and their history are kept.
+
+use crate::state::AppState;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Bodies cleared per transaction.
+pub const BATCH: u32 = 500;
+/// Pause between sweeps once nothing is left to prune.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Clears every body older than the retention period; returns how many.
+pub async fn sweep(state: &AppState) -> u64 {
+    let retention = i64::try_from(state.config.retention.deliveries.as_millis()).unwrap_or(i64::MAX);
+    let before = state.now_ms().saturating_sub(retention);
+    let mut total = 0;
+    loop {
+        match state.store.prune_delivery_bodies(before, BATCH).await {
+            Ok(pruned) => {
+                total += pruned;
+                state.metrics.pruned_bodies.inc_by(pruned);
+                if pruned < u64::from(BATCH) {
+                    return total;
+                }
+                // Let waiting writers in between batches.
+                tokio::task::yield_now().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "pruning delivery bodies failed; will retry");
+                return total;
+            }
+        }
+    }
+}
+
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    loop {
+        let pruned = sweep(&state).await;
+        if pruned > 0 {
+            tracing::info!(pruned, "pruned old delivery bodies");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The shared, cheaply cloned state every handler and background task gets.
+
+use crate::config::{decode_whsec, Config};
+use crate::domain::time::Clock;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::webhook_key::WebhookKeys;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
+    pub webhook_keys: WebhookKeys,
+    /// Decoded `webhook.signing_secrets`; empty means deliveries are not signature-checked.
+    pub signing_keys: Vec<Vec<u8>>,
+    /// SHA-256 of each API token, so comparing never leaks a token's length or prefix.
+    api_token_digests: Vec<[u8; 32]>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds the state from a validated configuration.
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<AppState> {
+        let secret = config
+            .webhook
+            .secret
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("configuration key `webhook.secret` is required"))?;
+        let webhook_keys = WebhookKeys::new(secret, &config.webhook.previous_secrets);
+        let signing_keys = config
+            .webhook
+            .signing_secrets
+            .iter()
+            .map(|s| decode_whsec(s.expose_secret()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|why| anyhow::anyhow!("configuration key `webhook.signing_secrets`: {why}"))?;
+        let api_token_digests = config.api.tokens.iter().map(digest).collect();
+        Ok(AppState(Arc::new(Inner {
+            config,
+            store,
+            clock,
+            metrics: Metrics::new(),
+            webhook_keys,
+            signing_keys,
+            api_token_digests,
+        })))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Whether `/v1` needs a bearer token at all.
+    pub fn api_requires_token(&self) -> bool {
+        !self.api_token_digests.is_empty()
+    }
+
+    /// Constant-time check of a presented bearer token against every configured one.
+    pub fn api_token_matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let presented = Sha256::digest(presented.as_bytes());
+        let mut matched = subtle::Choice::from(0);
+        for known in &self.api_token_digests {
+            matched |= known.ct_eq(presented.as_slice());
+        }
+        bool::from(matched)
+    }
+
+    /// The URL to hand Pictory for jobs submitted outside jobhook.
+    pub fn generic_webhook_url(&self) -> String {
+        self.webhook_url(&self.webhook_keys.generic_key())
+    }
+
+    pub fn webhook_url(&self, key: &str) -> String {
+        format!(
+            "{}/webhooks/pictory/{key}",
+            self.config.server.public_url.trim_end_matches('/')
+        )
+    }
+}
+
+fn digest(token: &SecretString) -> [u8; 32] {
+    Sha256::digest(token.expose_secret().as_bytes()).into()
+}

@@ -1,0 +1,200 @@
+//! Durable storage behind one small trait, so handlers never see which database is underneath.
+
+use crate::domain::{Cause, Job, JobEvent, JobStatus};
+use crate::pictory::ReportedState;
+use async_trait::async_trait;
+use serde_json::Value;
+
+mod cursor;
+pub mod sqlite;
+
+/// Opens the store a `database.url` names.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+}
+
+pub use cursor::Cursor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A webhook delivery, as received, with what the receiver made of it.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub received_at: i64,
+    pub remote_addr: Option<String>,
+    /// Header names and values as JSON object text.
+    pub headers: String,
+    pub body: Vec<u8>,
+    pub target: DeliveryTarget,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeliveryTarget {
+    /// Archived, not applied to any job.
+    Rejected { reason: String },
+    /// Matched to a job by the id in its body and/or the submission its key names.
+    Job {
+        job_id: Option<String>,
+        submission_id: Option<String>,
+        /// When set, the body's report is applied to the job (receive-only mode).
+        report: Option<ReportedState>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Accepted,
+    Duplicate,
+    Rejected,
+}
+
+impl DeliveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Accepted => "accepted",
+            DeliveryOutcome::Duplicate => "duplicate",
+            DeliveryOutcome::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "accepted" => Some(DeliveryOutcome::Accepted),
+            "duplicate" => Some(DeliveryOutcome::Duplicate),
+            "rejected" => Some(DeliveryOutcome::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// What storing a delivery did.
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    pub delivery_id: i64,
+    pub outcome: DeliveryOutcome,
+    /// The job it was matched to, after any change it caused.
+    pub job: Option<Job>,
+}
+
+/// An archived delivery.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: i64,
+    pub job_id: Option<String>,
+    pub received_at: i64,
+    pub outcome: DeliveryOutcome,
+    pub reason: Option<String>,
+    pub remote_addr: Option<String>,
+    pub headers: Value,
+    /// None once pruned by retention; duplicates point at the copy they duplicate.
+    pub body: Option<Vec<u8>>,
+    pub duplicate_of: Option<i64>,
+    pub body_size: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub statuses: Vec<JobStatus>,
+    pub updated_after: Option<i64>,
+    pub updated_before: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Pictory job id or submission id.
+    pub job: Option<String>,
+    pub outcome: Option<DeliveryOutcome>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Cursor>,
+}
+
+/// The result of registering a job submitted elsewhere.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub job: Job,
+    pub created: bool,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Closes every connection (checkpointing what the database needs to).
+    async fn close(&self);
+    /// True when the database takes a write and no migration is pending.
+    async fn ready(&self, now: i64) -> Result<(), StoreError>;
+
+    /// Stores a delivery durably and applies it; commits before returning.
+    async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError>;
+    /// Applies an archived delivery again. None when there is no such delivery.
+    async fn replay(
+        &self,
+        delivery_id: i64,
+        again: ReplayInput,
+        now: i64,
+    ) -> Result<Option<Replayed>, StoreError>;
+    /// Starts tracking a job submitted outside jobhook (idempotent).
+    async fn register(
+        &self,
+        job_id: &str,
+        metadata: Option<Value>,
+        cause: Cause,
+        now: i64,
+    ) -> Result<Registered, StoreError>;
+
+    /// A job by Pictory id or submission id.
+    async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
+    /// The last Pictory response kept for a job.
+    async fn raw_response(&self, job_pk: i64) -> Result<Option<String>, StoreError>;
+    async fn job_events(&self, job_pk: i64) -> Result<Vec<JobEvent>, StoreError>;
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Page<Job>, StoreError>;
+
+    async fn delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError>;
+    async fn list_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Page<Delivery>, StoreError>;
+
+    /// Drops raw bodies received before `before`, at most `batch` of them. Returns how many.
+    async fn prune_delivery_bodies(&self, before: i64, batch: u32) -> Result<u64, StoreError>;
+    /// Job counts by status, for metrics.
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError>;
+    /// Jobs whose next poll is past due: how many, and the due time of the oldest.
+    async fn overdue(&self, now: i64) -> Result<(i64, Option<i64>), StoreError>;
+}
+
+/// What a fresh reading of an archived body says.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayInput {
+    /// The job id in the body, used when the delivery was never matched to a job.
+    pub job_id: Option<String>,
+    /// Applied to the job when set (receive-only mode).
+    pub report: Option<ReportedState>,
+}
+
+/// What replaying a delivery did.
+#[derive(Debug, Clone)]
+pub enum Replayed {
+    Applied(Job),
+    /// It cannot be applied: rejected with no job, or its body was pruned.
+    NotApplicable(String),
+}

@@ -1,0 +1,766 @@
+//! The SQLite store: one writer connection (SQLite has one writer anyway; queueing in the pool is
+//! cheaper than busy-waiting on the file lock) and a pool of readers that never wait behind it (WAL).
+
+use super::{
+    Cursor, Delivery, DeliveryFilter, DeliveryOutcome, DeliveryTarget, Ingested, JobFilter,
+    NewDelivery, Page, Registered, ReplayInput, Replayed, Store, StoreError,
+};
+use crate::domain::{plan_report, Cause, Job, JobEvent, JobStatus, ReportPlan};
+use crate::pictory::ReportedState;
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const JOB_COLUMNS: &str = "id, job_id, submission_id, status, output, error, metadata, request, \
+    resolved_by, poll_count, created_at, updated_at, completed_at, webhook_received_at, \
+    last_polled_at, next_poll_at, seq";
+
+const DELIVERY_COLUMNS: &str = "d.id, COALESCE(j.job_id, j.submission_id) AS job_ref, \
+    d.received_at, d.outcome, d.reason, d.remote_addr, d.headers, \
+    COALESCE(d.body, o.body) AS body, d.duplicate_of, d.body_size";
+
+const DELIVERY_FROM: &str = "deliveries d LEFT JOIN jobs j ON j.id = d.job_pk \
+    LEFT JOIN deliveries o ON o.id = d.duplicate_of";
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at a `sqlite://PATH` URL.
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged delivery survives power loss, not only a process crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        if let Some(parent) = options.get_filename().parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|err| {
+                    StoreError::Database(sqlx::Error::Io(err))
+                })?;
+            }
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+}
+
+type Tx<'a> = Transaction<'a, Sqlite>;
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &SqliteRow,
+    column: &str,
+) -> Result<Option<T>, StoreError> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(format!("{column}: {e}"))))
+        .transpose()
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(Job {
+        pk: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        submission_id: row.try_get("submission_id")?,
+        status: status.parse().map_err(corrupt)?,
+        output: json_column(row, "output")?,
+        error: json_column(row, "error")?,
+        metadata: json_column(row, "metadata")?,
+        request: json_column(row, "request")?,
+        resolved_by: row.try_get("resolved_by")?,
+        poll_count: row.try_get("poll_count")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        completed_at: row.try_get("completed_at")?,
+        webhook_received_at: row.try_get("webhook_received_at")?,
+        last_polled_at: row.try_get("last_polled_at")?,
+        next_poll_at: row.try_get("next_poll_at")?,
+        seq: row.try_get("seq")?,
+    })
+}
+
+fn delivery_from_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
+    let outcome: String = row.try_get("outcome")?;
+    let headers: String = row.try_get("headers")?;
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_ref")?,
+        received_at: row.try_get("received_at")?,
+        outcome: DeliveryOutcome::parse(&outcome).ok_or_else(|| corrupt(&outcome))?,
+        reason: row.try_get("reason")?,
+        remote_addr: row.try_get("remote_addr")?,
+        headers: serde_json::from_str(&headers).map_err(corrupt)?,
+        body: row.try_get("body")?,
+        duplicate_of: row.try_get("duplicate_of")?,
+        body_size: row.try_get("body_size")?,
+    })
+}
+
+async fn job_by_pk(tx: &mut Tx<'_>, pk: i64) -> Result<Job, StoreError> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+        .bind(pk)
+        .fetch_one(&mut **tx)
+        .await?;
+    job_from_row(&row)
+}
+
+/// Appends a history entry and makes it the job's newest change.
+async fn append_event(
+    tx: &mut Tx<'_>,
+    job_pk: i64,
+    kind: &str,
+    detail: Value,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO job_events (job_pk, at, kind, detail) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(job_pk)
+    .bind(now)
+    .bind(kind)
+    .bind(detail.to_string())
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE jobs SET seq = $1, updated_at = $2 WHERE id = $3")
+        .bind(id)
+        .bind(now)
+        .bind(job_pk)
+        .execute(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
+/// Inserts a job known only by Pictory's id, unless it exists. Returns its row id and whether it is new.
+async fn ensure_job(
+    tx: &mut Tx<'_>,
+    job_id: &str,
+    metadata: Option<&Value>,
+    cause: Cause,
+    now: i64,
+) -> Result<(i64, bool), StoreError> {
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO jobs (job_id, status, metadata, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (job_id) DO NOTHING RETURNING id",
+    )
+    .bind(job_id)
+    .bind(JobStatus::Pending.as_str())
+    .bind(metadata.map(Value::to_string))
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(pk) = inserted {
+        append_event(tx, pk, "registered", json!({"cause": cause.as_str()}), now).await?;
+        return Ok((pk, true));
+    }
+    let pk: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok((pk, false))
+}
+
+/// Finds the job a delivery belongs to: the submission its key names first, else the body's job id.
+async fn resolve_job(
+    tx: &mut Tx<'_>,
+    job_id: Option<&str>,
+    submission_id: Option<&str>,
+    now: i64,
+) -> Result<Option<i64>, StoreError> {
+    if let Some(submission_id) = submission_id {
+        let found: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT id, job_id FROM jobs WHERE submission_id = $1")
+                .bind(submission_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if let Some((pk, known_id)) = found {
+            if let (None, Some(job_id)) = (known_id, job_id) {
+                // The submission's Generate call ended ambiguously; the webhook tells us the id.
+                // Only one row may hold a Pictory id, so a clash keeps the id where it is.
+                sqlx::query(
+                    "UPDATE jobs SET job_id = $1 WHERE id = $2 AND job_id IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)",
+                )
+                .bind(job_id)
+                .bind(pk)
+                .execute(&mut **tx)
+                .await?;
+            }
+            return Ok(Some(pk));
+        }
+    }
+    match job_id {
+        Some(job_id) => Ok(Some(ensure_job(tx, job_id, None, Cause::Webhook, now).await?.0)),
+        None => Ok(None),
+    }
+}
+
+/// Applies a report's plan; the caller has already recorded what brought the report.
+async fn apply_plan(
+    tx: &mut Tx<'_>,
+    job: &Job,
+    plan: &ReportPlan,
+    cause: Cause,
+    now: i64,
+) -> Result<(), StoreError> {
+    let ReportPlan::Move {
+        to,
+        output,
+        error,
+        resolved_by,
+    } = plan
+    else {
+        return Ok(());
+    };
+    let output = output
+        .as_ref()
+        .map(|o| serde_json::to_string(o).map_err(corrupt))
+        .transpose()?;
+    let error = error
+        .as_ref()
+        .map(|e| serde_json::to_string(e).map_err(corrupt))
+        .transpose()?;
+    sqlx::query(
+        "UPDATE jobs SET status = $1, output = COALESCE($2, output), error = COALESCE($3, error), \
+         resolved_by = COALESCE($4, resolved_by), \
+         completed_at = CASE WHEN $5 THEN $6 ELSE completed_at END, \
+         next_poll_at = CASE WHEN $5 THEN NULL ELSE next_poll_at END \
+         WHERE id = $7",
+    )
+    .bind(to.as_str())
+    .bind(output)
+    .bind(error)
+    .bind(*resolved_by)
+    .bind(to.is_final())
+    .bind(now)
+    .bind(job.pk)
+    .execute(&mut **tx)
+    .await?;
+    append_event(
+        tx,
+        job.pk,
+        "status_changed",
+        json!({"from": job.status.as_str(), "to": to.as_str(), "cause": cause.as_str()}),
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
+fn plan_note(plan: &ReportPlan) -> Value {
+    match plan {
+        ReportPlan::Move { to, .. } => json!(format!("moved to {to}")),
+        ReportPlan::Keep { reason } => json!(reason),
+    }
+}
+
+/// Records a webhook (fresh or replayed) on its job and applies its report when there is one.
+async fn record_webhook(
+    tx: &mut Tx<'_>,
+    job_pk: i64,
+    delivery_id: i64,
+    duplicate: bool,
+    replay: bool,
+    report: Option<&ReportedState>,
+    raw_body: &[u8],
+    now: i64,
+) -> Result<Job, StoreError> {
+    let job = job_by_pk(tx, job_pk).await?;
+    let plan = match (duplicate, report) {
+        (false, Some(report)) => Some(plan_report(job.status, report, Cause::Webhook)),
+        _ => None,
+    };
+    let mut detail = json!({"delivery_id": delivery_id, "duplicate": duplicate});
+    if replay {
+        detail["replay"] = json!(true);
+    }
+    if let Some(plan) = &plan {
+        detail["outcome"] = plan_note(plan);
+    }
+    sqlx::query("UPDATE jobs SET webhook_received_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(job_pk)
+        .execute(&mut **tx)
+        .await?;
+    append_event(tx, job_pk, "webhook_received", detail, now).await?;
+    if let Some(plan) = plan {
+        // In receive-only mode the webhook body is the last word jobhook has from Pictory.
+        if let Ok(text) = std::str::from_utf8(raw_body) {
+            sqlx::query("UPDATE jobs SET raw_response = $1 WHERE id = $2")
+                .bind(text)
+                .bind(job_pk)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let job = job_by_pk(tx, job_pk).await?;
+        apply_plan(tx, &job, &plan, Cause::Webhook, now).await?;
+    }
+    job_by_pk(tx, job_pk).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_delivery(
+    tx: &mut Tx<'_>,
+    delivery: &NewDelivery,
+    sha: &[u8],
+    job_pk: Option<i64>,
+    outcome: DeliveryOutcome,
+    reason: Option<&str>,
+    duplicate_of: Option<i64>,
+) -> Result<Option<i64>, StoreError> {
+    let body = (outcome != DeliveryOutcome::Duplicate).then_some(&delivery.body[..]);
+    let id = sqlx::query_scalar(
+        "INSERT INTO deliveries (received_at, job_pk, outcome, reason, remote_addr, headers, body, \
+         body_sha256, body_size, duplicate_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (job_pk, body_sha256) WHERE outcome = 'accepted' DO NOTHING RETURNING id",
+    )
+    .bind(delivery.received_at)
+    .bind(job_pk)
+    .bind(outcome.as_str())
+    .bind(reason)
+    .bind(delivery.remote_addr.as_deref())
+    .bind(&delivery.headers)
+    .bind(body)
+    .bind(sha)
+    .bind(delivery.body.len() as i64)
+    .bind(duplicate_of)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn ready(&self, now: i64) -> Result<(), StoreError> {
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.reader)
+                .await?;
+        let latest = MIGRATOR.iter().map(|m| m.version).max();
+        if applied != latest {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {applied:?}, this build needs {latest:?}"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO heartbeat (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = $1",
+        )
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
+        let now = delivery.received_at;
+        let sha = Sha256::digest(&delivery.body);
+        let mut tx = self.writer.begin().await?;
+        let (job_id, submission_id, report) = match &delivery.target {
+            DeliveryTarget::Rejected { reason } => {
+                let id = insert_delivery(
+                    &mut tx,
+                    &delivery,
+                    &sha,
+                    None,
+                    DeliveryOutcome::Rejected,
+                    Some(reason),
+                    None,
+                )
+                .await?
+                .ok_or_else(|| corrupt("rejected delivery was not stored"))?;
+                tx.commit().await?;
+                return Ok(Ingested {
+                    delivery_id: id,
+                    outcome: DeliveryOutcome::Rejected,
+                    job: None,
+                });
+            }
+            DeliveryTarget::Job {
+                job_id,
+                submission_id,
+                report,
+            } => (job_id.as_deref(), submission_id.as_deref(), report.as_ref()),
+        };
+        let Some(job_pk) = resolve_job(&mut tx, job_id, submission_id, now).await? else {
+            let reason = "the submission this URL names is not tracked and the body has no job id";
+            let id = insert_delivery(
+                &mut tx,
+                &delivery,
+                &sha,
+                None,
+                DeliveryOutcome::Rejected,
+                Some(reason),
+                None,
+            )
+            .await?
+            .ok_or_else(|| corrupt("rejected delivery was not stored"))?;
+            tx.commit().await?;
+            return Ok(Ingested {
+                delivery_id: id,
+                outcome: DeliveryOutcome::Rejected,
+                job: None,
+            });
+        };
+        let accepted = insert_delivery(
+            &mut tx,
+            &delivery,
+            &sha,
+            Some(job_pk),
+            DeliveryOutcome::Accepted,
+            None,
+            None,
+        )
+        .await?;
+        let (delivery_id, outcome) = match accepted {
+            Some(id) => (id, DeliveryOutcome::Accepted),
+            None => {
+                let original: i64 = sqlx::query_scalar(
+                    "SELECT id FROM deliveries WHERE job_pk = $1 AND body_sha256 = $2 \
+                     AND outcome = 'accepted'",
+                )
+                .bind(job_pk)
+                .bind(&sha[..])
+                .fetch_one(&mut *tx)
+                .await?;
+                let id = insert_delivery(
+                    &mut tx,
+                    &delivery,
+                    &sha,
+                    Some(job_pk),
+                    DeliveryOutcome::Duplicate,
+                    Some("same job and body as an earlier delivery"),
+                    Some(original),
+                )
+                .await?
+                .ok_or_else(|| corrupt("duplicate delivery was not stored"))?;
+                (id, DeliveryOutcome::Duplicate)
+            }
+        };
+        let job = record_webhook(
+            &mut tx,
+            job_pk,
+            delivery_id,
+            outcome == DeliveryOutcome::Duplicate,
+            false,
+            report,
+            &delivery.body,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ingested {
+            delivery_id,
+            outcome,
+            job: Some(job),
+        })
+    }
+
+    async fn replay(
+        &self,
+        delivery_id: i64,
+        again: ReplayInput,
+        now: i64,
+    ) -> Result<Option<Replayed>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let row: Option<(Option<i64>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT d.job_pk, COALESCE(d.body, o.body) FROM deliveries d \
+             LEFT JOIN deliveries o ON o.id = d.duplicate_of WHERE d.id = $1",
+        )
+        .bind(delivery_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((job_pk, body)) = row else {
+            return Ok(None);
+        };
+        let Some(body) = body else {
+            return Ok(Some(Replayed::NotApplicable(
+                "the delivery's body was pruned by retention".into(),
+            )));
+        };
+        let job_pk = match (job_pk, again.job_id.as_deref()) {
+            (Some(pk), _) => pk,
+            (None, Some(job_id)) => ensure_job(&mut tx, job_id, None, Cause::Api, now).await?.0,
+            (None, None) => {
+                return Ok(Some(Replayed::NotApplicable(
+                    "the delivery names no job".into(),
+                )))
+            }
+        };
+        let job = record_webhook(
+            &mut tx,
+            job_pk,
+            delivery_id,
+            false,
+            true,
+            again.report.as_ref(),
+            &body,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Replayed::Applied(job)))
+    }
+
+    async fn register(
+        &self,
+        job_id: &str,
+        metadata: Option<Value>,
+        cause: Cause,
+        now: i64,
+    ) -> Result<Registered, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let (pk, created) = ensure_job(&mut tx, job_id, metadata.as_ref(), cause, now).await?;
+        let job = job_by_pk(&mut tx, pk).await?;
+        tx.commit().await?;
+        Ok(Registered { job, created })
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 \
+             UNION ALL SELECT {JOB_COLUMNS} FROM jobs WHERE submission_id = $1 LIMIT 1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn raw_response(&self, job_pk: i64) -> Result<Option<String>, StoreError> {
+        let raw: Option<Option<String>> =
+            sqlx::query_scalar("SELECT raw_response FROM jobs WHERE id = $1")
+                .bind(job_pk)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(raw.flatten())
+    }
+
+    async fn job_events(&self, job_pk: i64) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, kind, detail FROM job_events WHERE job_pk = $1 ORDER BY id",
+        )
+        .bind(job_pk)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let detail: String = row.try_get("detail")?;
+                let detail = match serde_json::from_str(&detail).map_err(corrupt)? {
+                    Value::Object(map) => map,
+                    other => return Err(corrupt(format!("event detail {other}"))),
+                };
+                Ok(JobEvent {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    kind: row.try_get("kind")?,
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Page<Job>, StoreError> {
+        // One read transaction: the snapshot id and the rows come from the same moment.
+        let mut tx = self.reader.begin().await?;
+        let snapshot = match cursor {
+            Some(cursor) => cursor.snapshot,
+            None => sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(id) FROM job_events")
+                .fetch_one(&mut *tx)
+                .await?
+                .unwrap_or(0),
+        };
+        let before = cursor.map_or(snapshot + 1, |c| c.position);
+        let fetch = i64::from(limit) + 1;
+
+        // Rows unchanged since the snapshot: their place is their newest change.
+        let mut unchanged = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {JOB_COLUMNS}, seq AS position FROM jobs WHERE seq < "
+        ));
+        unchanged.push_bind(before);
+        push_job_filter(&mut unchanged, filter);
+        unchanged.push(" ORDER BY seq DESC LIMIT ").push_bind(fetch);
+        let mut rows = unchanged.build().fetch_all(&mut *tx).await?;
+
+        // Rows changed since the snapshot keep the place they had in it, so a client paging
+        // through neither misses them nor sees them twice.
+        if cursor.is_some() {
+            let mut moved = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT * FROM (SELECT {JOB_COLUMNS}, (SELECT MAX(e.id) FROM job_events e \
+                 WHERE e.job_pk = jobs.id AND e.id <= "
+            ));
+            moved.push_bind(snapshot);
+            moved.push(") AS position FROM jobs WHERE seq > ");
+            moved.push_bind(snapshot);
+            push_job_filter(&mut moved, filter);
+            moved.push(") WHERE position IS NOT NULL AND position < ");
+            moved.push_bind(before);
+            moved.push(" ORDER BY position DESC LIMIT ").push_bind(fetch);
+            rows.extend(moved.build().fetch_all(&mut *tx).await?);
+        }
+        tx.commit().await?;
+
+        let mut placed = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<i64, _>("position")?, job_from_row(row)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        placed.sort_by(|a, b| b.0.cmp(&a.0));
+        let more = placed.len() > limit as usize;
+        placed.truncate(limit as usize);
+        let next = match placed.last() {
+            Some((position, _)) if more => Some(Cursor {
+                snapshot,
+                position: *position,
+            }),
+            _ => None,
+        };
+        Ok(Page {
+            items: placed.into_iter().map(|(_, job)| job).collect(),
+            next,
+        })
+    }
+
+    async fn delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(delivery_from_row).transpose()
+    }
+
+    async fn list_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Page<Delivery>, StoreError> {
+        // Deliveries never move, so their id alone is a stable order.
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE 1 = 1"
+        ));
+        if let Some(cursor) = cursor {
+            query.push(" AND d.id < ").push_bind(cursor.position);
+        }
+        if let Some(job) = &filter.job {
+            query
+                .push(" AND d.job_pk = (SELECT id FROM jobs WHERE job_id = ")
+                .push_bind(job.clone())
+                .push(" UNION ALL SELECT id FROM jobs WHERE submission_id = ")
+                .push_bind(job.clone())
+                .push(" LIMIT 1)");
+        }
+        if let Some(outcome) = filter.outcome {
+            query.push(" AND d.outcome = ").push_bind(outcome.as_str());
+        }
+        query
+            .push(" ORDER BY d.id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = query.build().fetch_all(&self.reader).await?;
+        let mut items = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next = match items.last() {
+            Some(last) if more => Some(Cursor {
+                snapshot: 0,
+                position: last.id,
+            }),
+            _ => None,
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn prune_delivery_bodies(&self, before: i64, batch: u32) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE deliveries SET body = NULL, pruned_at = $1 WHERE id IN \
+             (SELECT id FROM deliveries WHERE body IS NOT NULL AND received_at < $1 \
+              ORDER BY received_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(i64::from(batch))
+        .execute(&self.writer)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                .fetch_all(&self.reader)
+                .await?;
+        rows.into_iter()
+            .map(|(status, count)| Ok((status.parse().map_err(corrupt)?, count)))
+            .collect()
+    }
+
+    async fn overdue(&self, now: i64) -> Result<(i64, Option<i64>), StoreError> {
+        let row: (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(next_poll_at) FROM jobs WHERE next_poll_at < $1",
+        )
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(row)
+    }
+}
+
+fn push_job_filter(query: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {
+    if !filter.statuses.is_empty() {
+        query.push(" AND status IN (");
+        let mut list = query.separated(", ");
+        for status in &filter.statuses {
+            list.push_bind(status.as_str());
+        }
+        list.push_unseparated(")");
+    }
+    if let Some(after) = filter.updated_after {
+        query.push(" AND updated_at > ").push_bind(after);
+    }
+    if let Some(before) = filter.updated_before {
+        query.push(" AND updated_at < ").push_bind(before);
+    }
+}
