@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::domain::time::Clock;
 use crate::http::{api_app, public_app};
 use crate::state::AppState;
+use crate::store::Store;
 use crate::{retention, store};
 use anyhow::Context as _;
 use std::future::{Future, IntoFuture};
@@ -26,7 +27,10 @@ impl Listeners {
         let api = TcpListener::bind(config.server.api_listen)
             .await
             .with_context(|| {
-                format!("cannot listen on server.api_listen {}", config.server.api_listen)
+                format!(
+                    "cannot listen on server.api_listen {}",
+                    config.server.api_listen
+                )
             })?;
         Ok(Listeners { public, api })
     }
@@ -52,6 +56,17 @@ pub async fn run(
     let store = store::open(&config.database.url)
         .await
         .context("cannot open the database (database.url)")?;
+    run_with_store(config, store, listeners, clock, shutdown).await
+}
+
+/// [`run`] over a store opened by the caller (tests wrap one to inject faults).
+pub async fn run_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    listeners: Listeners,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     store.migrate().await.context("cannot apply migrations")?;
     if config.receive_only() {
         tracing::warn!(
@@ -61,7 +76,10 @@ pub async fn run(
     }
     let state = AppState::new(config, store.clone(), clock)?;
     let stop = CancellationToken::new();
-    let tasks = vec![tokio::spawn(retention::run(state.clone(), stop.child_token()))];
+    let tasks = vec![tokio::spawn(retention::run(
+        state.clone(),
+        stop.child_token(),
+    ))];
 
     tracing::info!(
         public = %listeners.public.local_addr()?,

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "jobhook", version, about = "Durable receiver and reconciler for Pictory video jobs")]
+#[command(
+    name = "jobhook",
+    version,
+    about = "Durable receiver and reconciler for Pictory video jobs"
+)]
 pub struct Cli {
     /// TOML configuration file; environment variables JOBHOOK_<SECTION>_<KEY> override it.
     #[arg(long, global = true, env = "JOBHOOK_CONFIG", value_name = "PATH")]

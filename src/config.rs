@@ -158,11 +158,19 @@ pub struct NotifyEndpoint {
 }
 
 impl NotifyEndpoint {
-    pub const EVENTS: [&'static str; 4] =
-        ["job.completed", "job.failed", "job.timed_out", "job.updated"];
+    pub const EVENTS: [&'static str; 4] = [
+        "job.completed",
+        "job.failed",
+        "job.timed_out",
+        "job.updated",
+    ];
 
     fn default_events() -> Vec<String> {
-        vec!["job.completed".to_owned(), "job.failed".to_owned(), "job.timed_out".to_owned()]
+        vec![
+            "job.completed".to_owned(),
+            "job.failed".to_owned(),
+            "job.timed_out".to_owned(),
+        ]
     }
 }
 
@@ -238,9 +246,17 @@ impl Config {
     /// The start-up refusals of SPEC §2, plus the values that would fail later at first use.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match &self.webhook.secret {
-            None => return Err(invalid("webhook.secret", "is required (at least 32 characters)")),
+            None => {
+                return Err(invalid(
+                    "webhook.secret",
+                    "is required (at least 32 characters)",
+                ))
+            }
             Some(secret) if secret.expose_secret().chars().count() < 32 => {
-                return Err(invalid("webhook.secret", "must be at least 32 characters long"))
+                return Err(invalid(
+                    "webhook.secret",
+                    "must be at least 32 characters long",
+                ))
             }
             Some(_) => {}
         }
@@ -266,7 +282,12 @@ impl Config {
                 ),
             ));
         }
-        if self.api.tokens.iter().any(|t| t.expose_secret().trim().is_empty()) {
+        if self
+            .api
+            .tokens
+            .iter()
+            .any(|t| t.expose_secret().trim().is_empty())
+        {
             return Err(invalid("api.tokens", "tokens must not be empty"));
         }
         check_http_url("server.public_url", &self.server.public_url)?;
@@ -316,7 +337,10 @@ impl Config {
             {
                 return Err(invalid(
                     &format!("{key}.events"),
-                    format!("unknown event `{unknown}`, expected one of {:?}", NotifyEndpoint::EVENTS),
+                    format!(
+                        "unknown event `{unknown}`, expected one of {:?}",
+                        NotifyEndpoint::EVENTS
+                    ),
                 ));
             }
         }
@@ -371,7 +395,10 @@ fn check_http_url(key: &str, value: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(key, format!("`{value}` is not an absolute http(s) URL")))
+        Err(invalid(
+            key,
+            format!("`{value}` is not an absolute http(s) URL"),
+        ))
     }
 }
 
@@ -384,7 +411,10 @@ pub fn decode_whsec(secret: &str) -> Result<Vec<u8>, String> {
         .decode(encoded)
         .map_err(|_| "is not valid base64 after `whsec_`".to_owned())?;
     if bytes.len() < 16 || bytes.len() > 64 {
-        return Err(format!("decodes to {} bytes; expected 16 to 64", bytes.len()));
+        return Err(format!(
+            "decodes to {} bytes; expected 16 to 64",
+            bytes.len()
+        ));
     }
     Ok(bytes)
 }

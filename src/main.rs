@@ -16,7 +16,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("jobhook: cannot start the async runtime: {err}");
@@ -37,7 +40,13 @@ fn main() -> ExitCode {
             Command::Serve => {
                 jobhook::telemetry::init(config.log.format);
                 let listeners = Listeners::bind(&config).await?;
-                app::run(config, listeners, Arc::new(SystemClock), app::shutdown_signal()).await
+                app::run(
+                    config,
+                    listeners,
+                    Arc::new(SystemClock),
+                    app::shutdown_signal(),
+                )
+                .await
             }
             Command::Healthcheck { url } => healthcheck(&config, url).await,
         }

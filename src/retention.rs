@@ -12,7 +12,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// Clears every body older than the retention period; returns how many.
 pub async fn sweep(state: &AppState) -> u64 {
-    let retention = i64::try_from(state.config.retention.deliveries.as_millis()).unwrap_or(i64::MAX);
+    let retention =
+        i64::try_from(state.config.retention.deliveries.as_millis()).unwrap_or(i64::MAX);
     let before = state.now_ms().saturating_sub(retention);
     let mut total = 0;
     loop {

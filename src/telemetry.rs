@@ -12,6 +12,10 @@ pub fn init(format: LogFormat) {
     // try_init: a second call (tests, embedding) keeps the first subscriber instead of panicking.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
     };
 }

@@ -106,7 +106,10 @@ mod tests {
         let keys = keys("a-secret-that-is-long-enough-0001", &[]);
         assert_eq!(keys.check(&keys.generic_key()), Some(KeyScope::Generic));
         let id = Uuid::now_v7();
-        assert_eq!(keys.check(&keys.submission_key(id)), Some(KeyScope::Submission(id)));
+        assert_eq!(
+            keys.check(&keys.submission_key(id)),
+            Some(KeyScope::Submission(id))
+        );
     }
 
     #[test]
@@ -122,16 +125,25 @@ mod tests {
         // A submission key whose id was swapped for another one does not verify.
         let key = ours.submission_key(Uuid::now_v7());
         let (_, mac) = key.split_once('.').unwrap();
-        assert_eq!(ours.check(&format!("{}.{mac}", Uuid::now_v7().simple())), None);
+        assert_eq!(
+            ours.check(&format!("{}.{mac}", Uuid::now_v7().simple())),
+            None
+        );
     }
 
     #[test]
     fn previous_secrets_still_verify_after_rotation() {
         let old = keys("the-old-secret-that-is-long-enough", &[]);
-        let rotated = keys("the-new-secret-that-is-long-enough", &["the-old-secret-that-is-long-enough"]);
+        let rotated = keys(
+            "the-new-secret-that-is-long-enough",
+            &["the-old-secret-that-is-long-enough"],
+        );
         assert_eq!(rotated.check(&old.generic_key()), Some(KeyScope::Generic));
         let id = Uuid::now_v7();
-        assert_eq!(rotated.check(&old.submission_key(id)), Some(KeyScope::Submission(id)));
+        assert_eq!(
+            rotated.check(&old.submission_key(id)),
+            Some(KeyScope::Submission(id))
+        );
         assert_ne!(rotated.generic_key(), old.generic_key());
     }
 
@@ -140,6 +152,8 @@ mod tests {
         let keys = keys("a-secret-that-is-long-enough-0001", &[]);
         let key = keys.submission_key(Uuid::now_v7());
         assert!(key.len() < 80);
-        assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        assert!(key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
     }
 }

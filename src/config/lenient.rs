@@ -77,7 +77,8 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(std::time::Duration::from_secs(secs));
     }
-    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 90s, 2m or 1h ({e})"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 90s, 2m or 1h ({e})"))
 }
 
 pub mod duration {

@@ -1,10 +1,14 @@
+// figment's Jail returns its own large error type; boxing it would only obscure the tests.
+#![allow(clippy::result_large_err)]
+
 use super::*;
 use figment::Jail;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 fn load_in(jail: &mut Jail, toml: &str) -> Result<Config, ConfigError> {
-    jail.create_file("jobhook.toml", toml).expect("write config");
+    jail.create_file("jobhook.toml", toml)
+        .expect("write config");
     Config::load(Some(Path::new("jobhook.toml")))
 }
 
@@ -44,12 +48,20 @@ fn environment_overrides_the_file_and_splits_lists() {
         )
         .expect("loads");
         assert_eq!(config.server.api_listen.port(), 9999);
-        let tokens: Vec<&str> = config.api.tokens.iter().map(|t| t.expose_secret()).collect();
+        let tokens: Vec<&str> = config
+            .api
+            .tokens
+            .iter()
+            .map(|t| t.expose_secret())
+            .collect();
         assert_eq!(tokens, ["tok-a", "tok-b"]);
         assert_eq!(config.reconcile.grace, Duration::from_secs(90));
         assert_eq!(config.reconcile.interval, Duration::from_secs(120));
         assert_eq!(config.server.body_limit.as_u64(), 1024 * 1024);
-        assert_eq!(config.pictory.api_key.as_ref().map(|k| k.expose_secret()), Some("12345"));
+        assert_eq!(
+            config.pictory.api_key.as_ref().map(|k| k.expose_secret()),
+            Some("12345")
+        );
         Ok(())
     });
 }
@@ -67,9 +79,15 @@ fn start_up_refusals_name_the_key() {
         assert!(refusal(jail, "").contains("webhook.secret"));
         assert!(refusal(jail, "[webhook]\nsecret = \"short\"\n").contains("webhook.secret"));
         let base = format!("[webhook]\nsecret = \"{SECRET}\"\n");
-        let message = refusal(jail, &format!("{base}[server]\napi_listen = \"0.0.0.0:8081\"\n"));
+        let message = refusal(
+            jail,
+            &format!("{base}[server]\napi_listen = \"0.0.0.0:8081\"\n"),
+        );
         assert!(message.contains("server.api_listen"), "{message}");
-        let message = refusal(jail, &format!("{base}signing_secrets = [\"whsec_!!notbase64\"]\n"));
+        let message = refusal(
+            jail,
+            &format!("{base}signing_secrets = [\"whsec_!!notbase64\"]\n"),
+        );
         assert!(message.contains("webhook.signing_secrets"), "{message}");
         let message = refusal(jail, &format!("{base}[server]\nlisten_port = 1\n"));
         assert!(message.contains("listen_port"), "{message}");
@@ -86,7 +104,7 @@ fn unknown_environment_key_is_refused() {
     Jail::expect_with(|jail| {
         jail.set_env("JOBHOOK_WEBHOOK_SECRET", SECRET);
         jail.set_env("JOBHOOK_SERVER_LISTN", "0.0.0.0:1");
-        let message = Config::load(None).err().expect("refused").to_string();
+        let message = Config::load(None).expect_err("refused").to_string();
         assert!(message.contains("listn"), "{message}");
         Ok(())
     });
@@ -117,11 +135,19 @@ fn redacted_output_never_contains_a_secret() {
         )
         .expect("loads");
         let printed = config.redacted_toml();
-        for secret in [SECRET, signing, "pictai_supersecretkey", "bearer-token-value"] {
+        for secret in [
+            SECRET,
+            signing,
+            "pictai_supersecretkey",
+            "bearer-token-value",
+        ] {
             assert!(!printed.contains(secret), "{secret} leaked:\n{printed}");
         }
         assert!(printed.contains(lenient::REDACTED));
-        assert!(printed.contains("api_listen = \"127.0.0.1:8081\""), "{printed}");
+        assert!(
+            printed.contains("api_listen = \"127.0.0.1:8081\""),
+            "{printed}"
+        );
         let debug = format!("{config:?}");
         assert!(!debug.contains(SECRET) && !debug.contains("pictai_supersecretkey"));
         Ok(())
@@ -130,7 +156,10 @@ fn redacted_output_never_contains_a_secret() {
 
 #[test]
 fn whsec_secrets_decode_or_are_refused() {
-    assert_eq!(decode_whsec("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").map(|k| k.len()), Ok(24));
+    assert_eq!(
+        decode_whsec("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").map(|k| k.len()),
+        Ok(24)
+    );
     assert!(decode_whsec("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
     assert!(decode_whsec("whsec_").is_err());
     assert!(decode_whsec("whsec_%%%").is_err());

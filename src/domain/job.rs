@@ -186,7 +186,11 @@ mod tests {
     }
 
     fn cause() -> impl Strategy<Value = Cause> {
-        prop_oneof![Just(Cause::Webhook), Just(Cause::Poll), Just(Cause::Refresh)]
+        prop_oneof![
+            Just(Cause::Webhook),
+            Just(Cause::Poll),
+            Just(Cause::Refresh)
+        ]
     }
 
     fn status() -> impl Strategy<Value = JobStatus> {
@@ -220,7 +224,11 @@ mod tests {
 
     #[test]
     fn late_in_progress_after_completion_is_kept_out() {
-        let plan = plan_report(JobStatus::Completed, &ReportedState::InProgress, Cause::Webhook);
+        let plan = plan_report(
+            JobStatus::Completed,
+            &ReportedState::InProgress,
+            Cause::Webhook,
+        );
         assert!(matches!(plan, ReportPlan::Keep { .. }));
     }
 

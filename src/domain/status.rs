@@ -153,7 +153,11 @@ mod tests {
 
     #[test]
     fn timed_out_and_not_found_move_on_with_new_evidence() {
-        for from in [JobStatus::TimedOut, JobStatus::NotFound, JobStatus::SubmitUnknown] {
+        for from in [
+            JobStatus::TimedOut,
+            JobStatus::NotFound,
+            JobStatus::SubmitUnknown,
+        ] {
             assert!(from.can_move_to(JobStatus::Completed));
             assert!(from.can_move_to(JobStatus::Failed));
             assert!(from.can_move_to(JobStatus::InProgress));

@@ -40,7 +40,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         }
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::TooLarge("request body is too large".into())
-        },
+        }
         other => ApiError::bad_request("bad_request", other.body_text()),
     }
 }

@@ -101,7 +101,8 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> Response {
-    let mut response = ApiError::bad_request("method_not_allowed", "method not allowed").into_response();
+    let mut response =
+        ApiError::bad_request("method_not_allowed", "method not allowed").into_response();
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     response
 }

@@ -63,7 +63,10 @@ async fn receive_webhook(
     let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
         let reason = "body is not JSON".to_owned();
         store_rejected(&state, archive(DeliveryTarget::Rejected { reason })).await?;
-        return Err(ApiError::bad_request("malformed_body", "the body is not valid JSON"));
+        return Err(ApiError::bad_request(
+            "malformed_body",
+            "the body is not valid JSON",
+        ));
     };
     let report = JobReport::from_json(&parsed);
     let submission_id = match scope {
@@ -113,12 +116,19 @@ async fn receive_webhook(
 async fn store_rejected(state: &AppState, delivery: NewDelivery) -> Result<(), ApiError> {
     let ingested = state.store.ingest(delivery).await?;
     state.metrics.count_delivery(ingested.outcome.as_str());
-    tracing::info!(delivery_id = ingested.delivery_id, "webhook rejected and archived");
+    tracing::info!(
+        delivery_id = ingested.delivery_id,
+        "webhook rejected and archived"
+    );
     Ok(())
 }
 
 /// Reads the body, refusing it as soon as it passes `server.body_limit`.
-async fn read_limited(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+async fn read_limited(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     let limit = state.config.server.body_limit.as_u64();
     let too_large = || ApiError::TooLarge(format!("the body is larger than {limit} bytes"));
     let declared = headers
@@ -130,11 +140,11 @@ async fn read_limited(state: &AppState, headers: &HeaderMap, body: Body) -> Resu
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     axum::body::to_bytes(body, limit).await.map_err(|err| {
-        let over_limit = std::iter::successors(
-            Some(&err as &(dyn std::error::Error + 'static)),
-            |e| e.source(),
-        )
-        .any(|e| e.is::<http_body_util::LengthLimitError>());
+        let over_limit =
+            std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
         if over_limit {
             too_large()
         } else {

@@ -61,7 +61,10 @@ impl JobReport {
         let lookup = |keys: &[&str]| -> Option<&Value> {
             keys.iter()
                 .find_map(|key| data.and_then(|d| d.get(*key)).filter(|v| !v.is_null()))
-                .or_else(|| keys.iter().find_map(|key| top.get(*key).filter(|v| !v.is_null())))
+                .or_else(|| {
+                    keys.iter()
+                        .find_map(|key| top.get(*key).filter(|v| !v.is_null()))
+                })
         };
 
         let job_id = lookup(&["job_id", "jobId"])
@@ -84,7 +87,8 @@ impl JobReport {
         {
             ReportedState::Failed(JobError {
                 code: error_code.unwrap_or_else(|| "UNKNOWN".to_owned()),
-                message: error_message.unwrap_or_else(|| "Pictory reported the job failed".to_owned()),
+                message: error_message
+                    .unwrap_or_else(|| "Pictory reported the job failed".to_owned()),
             })
         } else {
             match status.as_deref() {
@@ -109,7 +113,10 @@ fn normalise(status: &str) -> String {
 }
 
 fn read_output(data: &Map<String, Value>) -> JobOutput {
-    let get = |keys: &[&str]| keys.iter().find_map(|key| data.get(*key).filter(|v| !v.is_null()));
+    let get = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|key| data.get(*key).filter(|v| !v.is_null()))
+    };
     let duration = get(&["duration"]).and_then(text).or_else(|| {
         // Render jobs send `videoDuration` as a number of seconds.
         get(&["videoDuration"])
@@ -162,7 +169,8 @@ mod tests {
 
     #[test]
     fn in_progress_as_documented() {
-        let report = read(json!({"job_id": "j1", "success": true, "data": {"status": "in-progress"}}));
+        let report =
+            read(json!({"job_id": "j1", "success": true, "data": {"status": "in-progress"}}));
         assert_eq!(report.job_id.as_deref(), Some("j1"));
         assert_eq!(report.state, ReportedState::InProgress);
     }
@@ -180,8 +188,14 @@ mod tests {
         assert_eq!(output.url.as_deref(), Some("https://x/v.mp4"));
         assert_eq!(output.duration.as_deref(), Some("8s"));
         assert_eq!((output.width, output.height), (Some(1280), Some(720)));
-        assert_eq!(output.thumbnail_image_url.as_deref(), Some("https://x/t.jpg"));
-        assert_eq!(output.last_frame_image_url.as_deref(), Some("https://x/l.png"));
+        assert_eq!(
+            output.thumbnail_image_url.as_deref(),
+            Some("https://x/t.jpg")
+        );
+        assert_eq!(
+            output.last_frame_image_url.as_deref(),
+            Some("https://x/l.png")
+        );
         assert_eq!(output.preview_image_url.as_deref(), Some("https://x/p.jpg"));
         assert_eq!(output.ai_credits_used, Some(12.8));
     }
@@ -196,35 +210,58 @@ mod tests {
         };
         assert_eq!(output.url.as_deref(), Some("https://x/r.mp4"));
         assert_eq!(output.duration.as_deref(), Some("31.5s"));
-        assert_eq!(output.thumbnail_image_url.as_deref(), Some("https://x/t.jpg"));
+        assert_eq!(
+            output.thumbnail_image_url.as_deref(),
+            Some("https://x/t.jpg")
+        );
     }
 
     #[test]
     fn failure_inside_data_or_at_the_top() {
-        let inside = read(json!({"job_id": "j", "success": false, "data": {"status": "failed",
-            "error_code": "TEXT_TO_VIDEO_FAILED", "error_message": "boom"}}));
+        let inside = read(
+            json!({"job_id": "j", "success": false, "data": {"status": "failed",
+            "error_code": "TEXT_TO_VIDEO_FAILED", "error_message": "boom"}}),
+        );
         assert_eq!(
             inside.state,
-            ReportedState::Failed(JobError { code: "TEXT_TO_VIDEO_FAILED".into(), message: "boom".into() })
+            ReportedState::Failed(JobError {
+                code: "TEXT_TO_VIDEO_FAILED".into(),
+                message: "boom".into()
+            })
         );
-        let top = read(json!({"job_id": "j", "success": false, "error_code": 7001, "error_message": "bad"}));
+        let top = read(
+            json!({"job_id": "j", "success": false, "error_code": 7001, "error_message": "bad"}),
+        );
         assert_eq!(
             top.state,
-            ReportedState::Failed(JobError { code: "7001".into(), message: "bad".into() })
+            ReportedState::Failed(JobError {
+                code: "7001".into(),
+                message: "bad".into()
+            })
         );
     }
 
     #[test]
     fn job_not_found_in_the_body_is_not_a_failure() {
-        let report = read(json!({"success": false, "error_code": "5000", "error_message": "JOB_NOT_FOUND"}));
+        let report =
+            read(json!({"success": false, "error_code": "5000", "error_message": "JOB_NOT_FOUND"}));
         assert_eq!(report.state, ReportedState::NotFound);
     }
 
     #[test]
     fn unknown_and_cleaned_statuses_are_kept_and_not_final() {
-        assert_eq!(read(json!({"data": {"status": "cleaned"}})).state, ReportedState::Other("cleaned".into()));
-        assert_eq!(read(json!({"data": {"status": "Queued"}})).state, ReportedState::Other("queued".into()));
-        assert_eq!(read(json!({"data": {"status": "IN_PROGRESS"}})).state, ReportedState::InProgress);
+        assert_eq!(
+            read(json!({"data": {"status": "cleaned"}})).state,
+            ReportedState::Other("cleaned".into())
+        );
+        assert_eq!(
+            read(json!({"data": {"status": "Queued"}})).state,
+            ReportedState::Other("queued".into())
+        );
+        assert_eq!(
+            read(json!({"data": {"status": "IN_PROGRESS"}})).state,
+            ReportedState::InProgress
+        );
         assert_eq!(read(json!({"job_id": "x"})).state, ReportedState::Missing);
     }
 

@@ -36,7 +36,10 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
-        let cursor = Cursor { snapshot: 99, position: 42 };
+        let cursor = Cursor {
+            snapshot: 99,
+            position: 42,
+        };
         assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
         for bad in ["", "!!", "OTk", "LTEuMg", "YS5i"] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");

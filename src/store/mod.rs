@@ -194,7 +194,7 @@ pub struct ReplayInput {
 /// What replaying a delivery did.
 #[derive(Debug, Clone)]
 pub enum Replayed {
-    Applied(Job),
+    Applied(Box<Job>),
     /// It cannot be applied: rejected with no job, or its body was pruned.
     NotApplicable(String),
 }

@@ -48,9 +48,8 @@ impl SqliteStore {
             .foreign_keys(true);
         if let Some(parent) = options.get_filename().parent() {
             if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|err| {
-                    StoreError::Database(sqlx::Error::Io(err))
-                })?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|err| StoreError::Database(sqlx::Error::Io(err)))?;
             }
         }
         let writer = SqlitePoolOptions::new()
@@ -65,7 +64,6 @@ impl SqliteStore {
             .await?;
         Ok(SqliteStore { writer, reader })
     }
-
 }
 
 type Tx<'a> = Transaction<'a, Sqlite>;
@@ -216,7 +214,9 @@ async fn resolve_job(
         }
     }
     match job_id {
-        Some(job_id) => Ok(Some(ensure_job(tx, job_id, None, Cause::Webhook, now).await?.0)),
+        Some(job_id) => Ok(Some(
+            ensure_job(tx, job_id, None, Cause::Webhook, now).await?.0,
+        )),
         None => Ok(None),
     }
 }
@@ -280,17 +280,30 @@ fn plan_note(plan: &ReportPlan) -> Value {
     }
 }
 
-/// Records a webhook (fresh or replayed) on its job and applies its report when there is one.
-async fn record_webhook(
-    tx: &mut Tx<'_>,
+/// A delivery (fresh or replayed) as it is recorded on its job.
+struct WebhookOnJob<'a> {
     job_pk: i64,
     delivery_id: i64,
     duplicate: bool,
     replay: bool,
-    report: Option<&ReportedState>,
-    raw_body: &[u8],
+    report: Option<&'a ReportedState>,
+    raw_body: &'a [u8],
+}
+
+/// Records a webhook on its job and applies its report when there is one.
+async fn record_webhook(
+    tx: &mut Tx<'_>,
+    webhook: WebhookOnJob<'_>,
     now: i64,
 ) -> Result<Job, StoreError> {
+    let WebhookOnJob {
+        job_pk,
+        delivery_id,
+        duplicate,
+        replay,
+        report,
+        raw_body,
+    } = webhook;
     let job = job_by_pk(tx, job_pk).await?;
     let plan = match (duplicate, report) {
         (false, Some(report)) => Some(plan_report(job.status, report, Cause::Webhook)),
@@ -472,17 +485,15 @@ impl Store for SqliteStore {
                 (id, DeliveryOutcome::Duplicate)
             }
         };
-        let job = record_webhook(
-            &mut tx,
+        let webhook = WebhookOnJob {
             job_pk,
             delivery_id,
-            outcome == DeliveryOutcome::Duplicate,
-            false,
+            duplicate: outcome == DeliveryOutcome::Duplicate,
+            replay: false,
             report,
-            &delivery.body,
-            now,
-        )
-        .await?;
+            raw_body: &delivery.body,
+        };
+        let job = record_webhook(&mut tx, webhook, now).await?;
         tx.commit().await?;
         Ok(Ingested {
             delivery_id,
@@ -522,19 +533,17 @@ impl Store for SqliteStore {
                 )))
             }
         };
-        let job = record_webhook(
-            &mut tx,
+        let webhook = WebhookOnJob {
             job_pk,
             delivery_id,
-            false,
-            true,
-            again.report.as_ref(),
-            &body,
-            now,
-        )
-        .await?;
+            duplicate: false,
+            replay: true,
+            report: again.report.as_ref(),
+            raw_body: &body,
+        };
+        let job = record_webhook(&mut tx, webhook, now).await?;
         tx.commit().await?;
-        Ok(Some(Replayed::Applied(job)))
+        Ok(Some(Replayed::Applied(Box::new(job))))
     }
 
     async fn register(
@@ -635,7 +644,9 @@ impl Store for SqliteStore {
             push_job_filter(&mut moved, filter);
             moved.push(") WHERE position IS NOT NULL AND position < ");
             moved.push_bind(before);
-            moved.push(" ORDER BY position DESC LIMIT ").push_bind(fetch);
+            moved
+                .push(" ORDER BY position DESC LIMIT ")
+                .push_bind(fetch);
             rows.extend(moved.build().fetch_all(&mut *tx).await?);
         }
         tx.commit().await?;
@@ -644,7 +655,7 @@ impl Store for SqliteStore {
             .iter()
             .map(|row| Ok((row.try_get::<i64, _>("position")?, job_from_row(row)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        placed.sort_by(|a, b| b.0.cmp(&a.0));
+        placed.sort_by_key(|(position, _)| std::cmp::Reverse(*position));
         let more = placed.len() > limit as usize;
         placed.truncate(limit as usize);
         let next = match placed.last() {
@@ -738,12 +749,11 @@ impl Store for SqliteStore {
     }
 
     async fn overdue(&self, now: i64) -> Result<(i64, Option<i64>), StoreError> {
-        let row: (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(next_poll_at) FROM jobs WHERE next_poll_at < $1",
-        )
-        .bind(now)
-        .fetch_one(&self.reader)
-        .await?;
+        let row: (i64, Option<i64>) =
+            sqlx::query_as("SELECT COUNT(*), MIN(next_poll_at) FROM jobs WHERE next_poll_at < $1")
+                .bind(now)
+                .fetch_one(&self.reader)
+                .await?;
         Ok(row)
     }
 }

@@ -153,7 +153,11 @@ pub async fn replay_delivery(
         job_id: report.as_ref().and_then(|r| r.job_id.clone()),
         report: report.map(|r| r.state),
     };
-    match state.store.replay(delivery.id, again, state.now_ms()).await? {
+    match state
+        .store
+        .replay(delivery.id, again, state.now_ms())
+        .await?
+    {
         None => Err(ApiError::NotFound(format!("delivery {id} does not exist"))),
         Some(Replayed::NotApplicable(why)) => Err(ApiError::Conflict(format!(
             "delivery {id} cannot be replayed: {why}"

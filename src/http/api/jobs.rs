@@ -75,7 +75,10 @@ pub fn validate_job_id(field: &str, id: &str) -> Result<(), ApiError> {
             format!("must be at most {JOB_ID_LIMIT} characters"),
         ));
     }
-    if id.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/') {
+    if id
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '/')
+    {
         return Err(ApiError::invalid_field(
             field,
             "must not contain spaces, control characters or `/`",
@@ -88,7 +91,9 @@ pub fn validate_job_id(field: &str, id: &str) -> Result<(), ApiError> {
 pub fn validate_metadata(metadata: &Option<Value>) -> Result<(), ApiError> {
     match metadata {
         None | Some(Value::Null) => Ok(()),
-        Some(Value::Object(map)) if Value::Object(map.clone()).to_string().len() <= METADATA_LIMIT => {
+        Some(Value::Object(map))
+            if Value::Object(map.clone()).to_string().len() <= METADATA_LIMIT =>
+        {
             Ok(())
         }
         Some(Value::Object(_)) => Err(ApiError::invalid_field(
@@ -169,7 +174,9 @@ pub async fn get_raw(
 ) -> Result<Response, ApiError> {
     let job = find_job(&state, &id).await?;
     let raw = state.store.raw_response(job.pk).await?.ok_or_else(|| {
-        ApiError::NotFound(format!("no Pictory response has been recorded for job {id} yet"))
+        ApiError::NotFound(format!(
+            "no Pictory response has been recorded for job {id} yet"
+        ))
     })?;
     Ok(([(header::CONTENT_TYPE, "application/json")], raw).into_response())
 }

@@ -24,7 +24,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/webhook-url", get(jobs::webhook_url))
         .route("/v1/deliveries", get(deliveries::list_deliveries))
         .route("/v1/deliveries/{id}", get(deliveries::get_delivery))
-        .route("/v1/deliveries/{id}/replay", post(deliveries::replay_delivery))
+        .route(
+            "/v1/deliveries/{id}/replay",
+            post(deliveries::replay_delivery),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)

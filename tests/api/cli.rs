@@ -1,0 +1,200 @@
+//! The binary's commands, run as a user would.
+
+use crate::helpers::SECRET;
+use std::process::Command;
+
+fn jobhook() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jobhook"));
+    // Keep the caller's JOBHOOK_* variables out of the test.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("JOBHOOK_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["check", "--help"],
+        vec!["healthcheck", "--help"],
+    ] {
+        let output = jobhook().args(&args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn check_prints_effective_values_with_secrets_redacted() {
+    let output = jobhook()
+        .arg("check")
+        .env("JOBHOOK_WEBHOOK_SECRET", SECRET)
+        .env("JOBHOOK_PICTORY_API_KEY", "pictai_very_secret_key")
+        .env("JOBHOOK_RECONCILE_RATE", "9")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(!printed.contains(SECRET) && !printed.contains("pictai_very_secret_key"));
+    assert!(printed.contains("rate = 9"));
+    assert!(printed.contains("[redacted]"));
+}
+
+#[test]
+fn check_names_the_key_that_is_wrong() {
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[], "webhook.secret"),
+        (&[("JOBHOOK_WEBHOOK_SECRET", "short")], "webhook.secret"),
+        (
+            &[
+                ("JOBHOOK_WEBHOOK_SECRET", SECRET),
+                ("JOBHOOK_SERVER_API_LISTEN", "0.0.0.0:8081"),
+            ],
+            "server.api_listen",
+        ),
+        (
+            &[
+                ("JOBHOOK_WEBHOOK_SECRET", SECRET),
+                ("JOBHOOK_WEBHOOK_SIGNING_SECRETS", "whsec_***"),
+            ],
+            "webhook.signing_secrets",
+        ),
+    ];
+    for (env, key) in cases {
+        let output = jobhook()
+            .arg("check")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{env:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{env:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_config_file_is_read_and_unknown_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobhook.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[webhook]\nsecret = \"{SECRET}\"\n[server]\npublic_url = \"https://hooks.example\"\n"
+        ),
+    )
+    .unwrap();
+    let output = jobhook()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("https://hooks.example"));
+
+    std::fs::write(
+        &path,
+        format!("[webhook]\nsecret = \"{SECRET}\"\nsecrett = 1\n"),
+    )
+    .unwrap();
+    let output = jobhook()
+        .arg("check")
+        .env("JOBHOOK_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("secrett"));
+}
+
+#[test]
+fn the_example_config_documents_every_key_and_loads() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/jobhook.example.toml"
+    ))
+    .unwrap();
+    for key in [
+        "listen",
+        "api_listen",
+        "public_url",
+        "body_limit",
+        "url",
+        "base_url",
+        "api_key",
+        "verify_webhooks",
+        "timeout",
+        "secret",
+        "previous_secrets",
+        "signing_secrets",
+        "tokens",
+        "grace",
+        "interval",
+        "max_interval",
+        "deadline",
+        "rate",
+        "retry_schedule",
+        "deliveries",
+        "format",
+    ] {
+        assert!(
+            example.contains(&format!("{key} =")),
+            "{key} is not documented in the example"
+        );
+    }
+    let output = jobhook()
+        .arg("check")
+        .arg("--config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/jobhook.example.toml"
+        ))
+        .env("JOBHOOK_WEBHOOK_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn migrate_creates_the_database_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nested/dir/jobhook.db");
+    for _ in 0..2 {
+        let status = jobhook()
+            .arg("migrate")
+            .env("JOBHOOK_WEBHOOK_SECRET", SECRET)
+            .env("JOBHOOK_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    assert!(db.exists());
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_listens() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let output = jobhook()
+        .args(["healthcheck", "--url", &format!("http://{addr}/healthz")])
+        .env("JOBHOOK_WEBHOOK_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+}

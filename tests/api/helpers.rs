@@ -1,0 +1,367 @@
+//! `spawn_app()`: a real jobhook on two loopback ports with a fresh SQLite file, and a client for it.
+
+use async_trait::async_trait;
+use jobhook::app::{self, Listeners};
+use jobhook::config::Config;
+use jobhook::domain::time::ManualClock;
+use jobhook::domain::{Cause, Job, JobEvent, JobStatus};
+use jobhook::store::{
+    self, Cursor, Delivery, DeliveryFilter, Ingested, JobFilter, NewDelivery, Page, Registered,
+    ReplayInput, Replayed, Store, StoreError,
+};
+use reqwest::{Client, Response};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const SECRET: &str = "test-webhook-secret-0123456789-abcdef";
+pub const TOKEN: &str = "test-api-token";
+/// 2025-11-29T00:00:00Z
+pub const START_MS: i64 = 1_764_374_400_000;
+
+pub struct TestApp {
+    pub public_url: String,
+    pub api_url: String,
+    pub client: Client,
+    pub clock: ManualClock,
+    pub faults: Arc<Faults>,
+    pub db_path: PathBuf,
+    /// The generic webhook URL (as `GET /v1/webhook-url` gives it).
+    pub webhook_url: String,
+    token: Option<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<TempDir>,
+}
+
+/// Options for [`spawn_app_with`].
+pub struct Options {
+    pub configure: Box<dyn FnOnce(&mut Config) + Send>,
+    /// Reuse this database file instead of a fresh one.
+    pub db: Option<(PathBuf, Option<TempDir>)>,
+}
+
+pub fn test_config(db_path: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.api_listen = "127.0.0.1:0".parse().unwrap();
+    config.webhook.secret = Some(SecretString::from(SECRET));
+    config.api.tokens = vec![SecretString::from(TOKEN)];
+    config.database.url = format!("sqlite://{}", db_path.display());
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config) + Send + 'static) -> TestApp {
+    spawn(Options {
+        configure: Box::new(configure),
+        db: None,
+    })
+    .await
+}
+
+pub async fn spawn(options: Options) -> TestApp {
+    let (db_path, dir) = match options.db {
+        Some(db) => db,
+        None => {
+            let dir = tempfile::tempdir().unwrap();
+            (dir.path().join("jobhook.db"), Some(dir))
+        }
+    };
+    let mut config = test_config(&db_path);
+    (options.configure)(&mut config);
+    config.validate().expect("test config is valid");
+    let token = config.api.tokens.first().map(|_| TOKEN.to_owned());
+    let public_listener = TcpListener::bind(config.server.listen).await.unwrap();
+    let api_listener = TcpListener::bind(config.server.api_listen).await.unwrap();
+    let public_url = format!("http://{}", public_listener.local_addr().unwrap());
+    let api_url = format!("http://{}", api_listener.local_addr().unwrap());
+    config.server.public_url = public_url.clone();
+
+    let clock = ManualClock::new(START_MS);
+    let faults = Arc::new(Faults::default());
+    let inner = store::open(&config.database.url).await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(FaultyStore {
+        inner,
+        faults: faults.clone(),
+    });
+    let (tx, rx) = oneshot::channel();
+    let handle = tokio::spawn(app::run_with_store(
+        config,
+        store,
+        Listeners {
+            public: public_listener,
+            api: api_listener,
+        },
+        Arc::new(clock.clone()),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let mut app = TestApp {
+        public_url,
+        api_url,
+        client: Client::new(),
+        clock,
+        faults,
+        db_path,
+        webhook_url: String::new(),
+        token,
+        shutdown: Some(tx),
+        handle: Some(handle),
+        _dir: dir,
+    };
+    let url = app.get("/v1/webhook-url").await;
+    assert_eq!(url.status(), 200);
+    app.webhook_url = url.json::<Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app
+}
+
+impl TestApp {
+    /// Stops the service gracefully and waits for it; returns what `run` returned.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.handle.take() {
+            Some(handle) => handle.await.unwrap(),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops this instance and starts another on the same database file.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await.unwrap();
+        let dir = self._dir.take();
+        spawn(Options {
+            configure: Box::new(|_| {}),
+            db: Some((self.db_path.clone(), dir)),
+        })
+        .await
+    }
+
+    fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.authorised(self.client.get(format!("{}{path}", self.api_url)))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.authorised(self.client.post(format!("{}{path}", self.api_url)))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_empty(&self, path: &str) -> Response {
+        self.authorised(self.client.post(format!("{}{path}", self.api_url)))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn register(&self, job_id: &str) -> Value {
+        let response = self.post_json("/v1/jobs", &json!({"job_id": job_id})).await;
+        assert!(response.status().is_success());
+        response.json().await.unwrap()
+    }
+
+    /// POSTs raw bytes to the generic webhook URL.
+    pub async fn webhook(&self, body: impl Into<reqwest::Body>) -> Response {
+        self.webhook_to(&self.webhook_url, body).await
+    }
+
+    pub async fn webhook_to(&self, url: &str, body: impl Into<reqwest::Body>) -> Response {
+        self.client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.get_json(&format!("/v1/jobs/{id}")).await
+    }
+
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let events = self.get_json(&format!("/v1/jobs/{id}/events")).await;
+        events["data"].as_array().unwrap().clone()
+    }
+
+    pub async fn deliveries(&self, query: &str) -> Vec<Value> {
+        let list = self.get_json(&format!("/v1/deliveries{query}")).await;
+        list["data"].as_array().unwrap().clone()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let response = self.get("/metrics").await;
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A completed Get Job body as Pictory documents it.
+pub fn completed_body(job_id: &str) -> Value {
+    json!({"job_id": job_id, "success": true, "data": {
+        "status": "completed", "url": format!("https://cdn.example/{job_id}.mp4"), "duration": "8s",
+        "width": 1280, "height": 720, "thumbnailImageUrl": "https://cdn.example/t.jpg",
+        "lastFrameImageUrl": "https://cdn.example/l.png", "previewImageUrl": "https://cdn.example/p.jpg",
+        "aiCreditsUsed": 12.8}})
+}
+
+pub fn in_progress_body(job_id: &str) -> Value {
+    json!({"job_id": job_id, "success": true, "data": {"status": "in-progress"}})
+}
+
+pub fn failed_body(job_id: &str) -> Value {
+    json!({"job_id": job_id, "success": false, "data": {"status": "failed",
+        "error_code": "TEXT_TO_VIDEO_FAILED", "error_message": "the model refused the prompt"}})
+}
+
+pub fn metric_value(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| {
+            line.starts_with(name_and_labels) && line[name_and_labels.len()..].starts_with(' ')
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Switches for making the store fail on purpose.
+#[derive(Default)]
+pub struct Faults {
+    pub fail_writes: AtomicBool,
+}
+
+impl Faults {
+    pub fn set_fail_writes(&self, on: bool) {
+        self.fail_writes.store(on, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            Err(StoreError::Database(sqlx::Error::PoolTimedOut))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The real store, with writes that fail while `faults.fail_writes` is on.
+struct FaultyStore {
+    inner: Arc<dyn Store>,
+    faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.inner.migrate().await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+    async fn ready(&self, now: i64) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.ready(now).await
+    }
+    async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
+        self.faults.check()?;
+        self.inner.ingest(delivery).await
+    }
+    async fn replay(
+        &self,
+        id: i64,
+        again: ReplayInput,
+        now: i64,
+    ) -> Result<Option<Replayed>, StoreError> {
+        self.faults.check()?;
+        self.inner.replay(id, again, now).await
+    }
+    async fn register(
+        &self,
+        job_id: &str,
+        metadata: Option<Value>,
+        cause: Cause,
+        now: i64,
+    ) -> Result<Registered, StoreError> {
+        self.faults.check()?;
+        self.inner.register(job_id, metadata, cause, now).await
+    }
+    async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        self.inner.job(id).await
+    }
+    async fn raw_response(&self, job_pk: i64) -> Result<Option<String>, StoreError> {
+        self.inner.raw_response(job_pk).await
+    }
+    async fn job_events(&self, job_pk: i64) -> Result<Vec<JobEvent>, StoreError> {
+        self.inner.job_events(job_pk).await
+    }
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Page<Job>, StoreError> {
+        self.inner.list_jobs(filter, cursor, limit).await
+    }
+    async fn delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError> {
+        self.inner.delivery(id).await
+    }
+    async fn list_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Page<Delivery>, StoreError> {
+        self.inner.list_deliveries(filter, cursor, limit).await
+    }
+    async fn prune_delivery_bodies(&self, before: i64, batch: u32) -> Result<u64, StoreError> {
+        self.faults.check()?;
+        self.inner.prune_delivery_bodies(before, batch).await
+    }
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+        self.inner.count_by_status().await
+    }
+    async fn overdue(&self, now: i64) -> Result<(i64, Option<i64>), StoreError> {
+        self.inner.overdue(now).await
+    }
+}

@@ -1,0 +1,14 @@
+//! jobhook's integration tests: one binary, real sockets, a fresh SQLite file per test.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+mod cli;
+mod crash;
+mod deliveries;
+mod jobs;
+mod listing;
+mod ops;
+mod state_machine;
+mod webhooks;
