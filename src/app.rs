@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::domain::time::Clock;
 use crate::http::{api_app, public_app};
+use crate::reconcile::Reconciler;
 use crate::state::AppState;
 use crate::store::Store;
 use crate::{retention, store};
@@ -11,7 +12,6 @@ use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// The two already-bound listeners (tests bind port 0 and read the address back).
 pub struct Listeners {
@@ -56,69 +56,100 @@ pub async fn run(
     let store = store::open(&config.database.url)
         .await
         .context("cannot open the database (database.url)")?;
-    run_with_store(config, store, listeners, clock, shutdown).await
+    Service::start(config, store, clock)
+        .await?
+        .run(listeners, shutdown)
+        .await
 }
 
-/// [`run`] over a store opened by the caller (tests wrap one to inject faults).
-pub async fn run_with_store(
-    config: Config,
-    store: Arc<dyn Store>,
-    listeners: Listeners,
-    clock: Arc<dyn Clock>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    store.migrate().await.context("cannot apply migrations")?;
-    if config.receive_only() {
-        tracing::warn!(
-            "no pictory.api_key: running receive-only (no submissions, no polls); \
-             job state comes from webhook bodies"
-        );
-    }
-    let state = AppState::new(config, store.clone(), clock)?;
-    let stop = CancellationToken::new();
-    let tasks = vec![tokio::spawn(retention::run(
-        state.clone(),
-        stop.child_token(),
-    ))];
+/// A migrated, configured service, ready to run (tests keep its state to look inside).
+pub struct Service {
+    state: AppState,
+}
 
-    tracing::info!(
-        public = %listeners.public.local_addr()?,
-        api = %listeners.api.local_addr()?,
-        "jobhook is listening"
-    );
-    let public = axum::serve(
-        listeners.public,
-        public_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned())
-    .into_future();
-    let api = axum::serve(
-        listeners.api,
-        api_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned())
-    .into_future();
-    let trigger = stop.clone();
-    let watcher = tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        trigger.cancel();
-    });
-
-    let (public, api) = tokio::join!(public, api);
-    // If a listener died on its own, stop everything else too.
-    stop.cancel();
-    watcher.abort();
-    for task in tasks {
-        if let Err(err) = task.await {
-            tracing::error!(error = %err, "background task failed");
+impl Service {
+    /// Applies migrations and builds the shared state over `store`.
+    pub async fn start(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Service> {
+        store.migrate().await.context("cannot apply migrations")?;
+        if config.receive_only() {
+            tracing::warn!(
+                "no pictory.api_key: running receive-only (no submissions, no polls); \
+                 job state comes from webhook bodies"
+            );
+        } else if !config.pictory.verify_webhooks {
+            tracing::warn!(
+                "pictory.verify_webhooks is off: job state is taken from unauthenticated webhook bodies"
+            );
         }
+        let state = AppState::new(config, store, clock)?;
+        Ok(Service { state })
     }
-    store.close().await;
-    public.context("public listener failed")?;
-    api.context("api listener failed")?;
-    tracing::info!("stopped");
-    Ok(())
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves both listeners and runs the background tasks until `shutdown` resolves.
+    pub async fn run(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state;
+        let store = state.store.clone();
+        let stop = state.stopping.clone();
+        let mut tasks = vec![tokio::spawn(retention::run(
+            state.clone(),
+            stop.child_token(),
+        ))];
+        if let Some(poller) = &state.poller {
+            let reconciler = Reconciler::new(poller.clone());
+            tasks.push(tokio::spawn(reconciler.run(stop.child_token())));
+        }
+
+        tracing::info!(
+            public = %listeners.public.local_addr()?,
+            api = %listeners.api.local_addr()?,
+            "jobhook is listening"
+        );
+        let public = axum::serve(
+            listeners.public,
+            public_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future();
+        let api = axum::serve(
+            listeners.api,
+            api_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future();
+        let trigger = stop.clone();
+        let watcher = tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            trigger.cancel();
+        });
+
+        let (public, api) = tokio::join!(public, api);
+        // If a listener died on its own, stop everything else too.
+        stop.cancel();
+        watcher.abort();
+        for task in tasks {
+            if let Err(err) = task.await {
+                tracing::error!(error = %err, "background task failed");
+            }
+        }
+        store.close().await;
+        public.context("public listener failed")?;
+        api.context("api listener failed")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

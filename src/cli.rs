@@ -1,7 +1,9 @@
 //! The command line (SPEC §1).
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,4 +34,79 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
+    /// Run a fake Pictory (Generate Video and Get Job, with webhooks) for integration tests.
+    MockPictory(MockArgs),
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err("must be between 0 and 1".into())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    /// Address to listen on; point pictory.base_url at http://ADDR/pictoryapis.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    /// Accept only this API key (default: any key starting with `pictai_`).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// How long a job runs before it completes or fails.
+    #[arg(long, default_value = "20s", value_parser = duration)]
+    pub job_duration: Duration,
+    /// Share of jobs that fail (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub failure_rate: f64,
+    /// Share of webhooks never sent.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub drop_rate: f64,
+    /// Share of webhooks sent twice.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub duplicate_rate: f64,
+    /// Share of jobs whose final webhook is followed by a stale "in-progress" one.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub reorder_rate: f64,
+    /// Extra delay before a webhook is sent.
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub webhook_delay: Duration,
+    /// Share of API calls answered 429.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub throttle_rate: f64,
+    /// Retry-After seconds sent with a 429.
+    #[arg(long, default_value_t = 2)]
+    pub retry_after: u64,
+    /// Share of Get Job calls answered 500.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub error_rate: f64,
+    /// Seed for the random choices, for repeatable runs.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl MockArgs {
+    pub fn options(&self) -> crate::mock::MockOptions {
+        crate::mock::MockOptions {
+            api_key: self.api_key.clone(),
+            job_duration: self.job_duration,
+            failure_rate: self.failure_rate,
+            drop_rate: self.drop_rate,
+            duplicate_rate: self.duplicate_rate,
+            reorder_rate: self.reorder_rate,
+            webhook_delay: self.webhook_delay,
+            throttle_rate: self.throttle_rate,
+            retry_after_secs: self.retry_after,
+            error_rate: self.error_rate,
+            seed: self.seed,
+        }
+    }
 }

@@ -103,7 +103,7 @@ pub struct ApiConfig {
     pub tokens: Vec<SecretString>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReconcileConfig {
     #[serde(with = "lenient::duration")]

@@ -5,12 +5,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod app;
+pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod metrics;
+pub mod mock;
 pub mod pictory;
+pub mod reconcile;
 pub mod retention;
 pub mod signature;
 pub mod state;

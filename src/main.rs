@@ -3,12 +3,30 @@ use jobhook::app::{self, Listeners};
 use jobhook::cli::{Cli, Command};
 use jobhook::config::Config;
 use jobhook::domain::time::SystemClock;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Healthcheck { url } = &cli.command {
+        // The probe must work even where the full configuration does not load: it only needs
+        // to know where the public listener is.
+        let listen = Config::load(cli.config.as_deref())
+            .map(|config| config.server.listen)
+            .unwrap_or_else(|_| Config::default().server.listen);
+        return match healthcheck(listen, url.clone()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("jobhook: healthcheck failed: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Command::MockPictory(args) = &cli.command {
+        return run_mock(args);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -48,7 +66,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Healthcheck { url } => healthcheck(&config, url).await,
+            Command::Healthcheck { .. } | Command::MockPictory(_) => Ok(()),
         }
     });
     match result {
@@ -60,22 +78,54 @@ fn main() -> ExitCode {
     }
 }
 
-async fn healthcheck(config: &Config, url: Option<String>) -> anyhow::Result<()> {
+fn healthcheck(listen: SocketAddr, url: Option<String>) -> anyhow::Result<()> {
     let url = url.unwrap_or_else(|| {
-        let mut addr = config.server.listen;
+        let mut addr = listen;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         format!("http://{addr}/healthz")
     });
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()?;
-    let response = client.get(&url).send().await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "{url} answered {}",
-        response.status()
-    );
-    Ok(())
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()?;
+        let response = client.get(&url).send().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "{url} answered {}",
+            response.status()
+        );
+        Ok(())
+    })
+}
+
+fn run_mock(args: &jobhook::cli::MockArgs) -> ExitCode {
+    jobhook::telemetry::init(jobhook::config::LogFormat::Text);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(args.listen).await?;
+                let addr = listener.local_addr()?;
+                let mock = jobhook::mock::MockPictory::new(args.options(), Arc::new(SystemClock));
+                println!(
+                    "fake Pictory listening; set pictory.base_url = \"http://{addr}/pictoryapis\""
+                );
+                mock.serve(listener, app::shutdown_signal()).await?;
+                Ok(())
+            })
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("jobhook: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,13 +1,17 @@
 //! The shared, cheaply cloned state every handler and background task gets.
 
+use crate::changes::Changes;
 use crate::config::{decode_whsec, Config};
 use crate::domain::time::Clock;
 use crate::metrics::Metrics;
+use crate::pictory::PictoryClient;
+use crate::reconcile::Poller;
 use crate::store::Store;
 use crate::webhook_key::WebhookKeys;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -16,7 +20,13 @@ pub struct Inner {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// The Get Job machinery; None in receive-only mode (no API key).
+    pub poller: Option<Arc<Poller>>,
+    /// Job changes, for long-polls.
+    pub changes: Changes,
+    /// Cancelled when the service starts shutting down.
+    pub stopping: CancellationToken,
     pub webhook_keys: WebhookKeys,
     /// Decoded `webhook.signing_secrets`; empty means deliveries are not signature-checked.
     pub signing_keys: Vec<Vec<u8>>,
@@ -53,11 +63,32 @@ impl AppState {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|why| anyhow::anyhow!("configuration key `webhook.signing_secrets`: {why}"))?;
         let api_token_digests = config.api.tokens.iter().map(digest).collect();
+        let metrics = Arc::new(Metrics::new());
+        let changes = Changes::new();
+        let poller = match &config.pictory.api_key {
+            None => None,
+            Some(key) => {
+                let client =
+                    PictoryClient::new(&config.pictory.base_url, key, config.pictory.timeout)?;
+                Some(Arc::new(Poller::new(
+                    store.clone(),
+                    clock.clone(),
+                    metrics.clone(),
+                    changes.clone(),
+                    client,
+                    config.pictory.timeout,
+                    config.reconcile.clone(),
+                )))
+            }
+        };
         Ok(AppState(Arc::new(Inner {
             config,
             store,
             clock,
-            metrics: Metrics::new(),
+            metrics,
+            poller,
+            changes,
+            stopping: CancellationToken::new(),
             webhook_keys,
             signing_keys,
             api_token_digests,
@@ -66,6 +97,23 @@ impl AppState {
 
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// Verify mode: a webhook only says "look now"; the state comes from Get Job.
+    pub fn verify_webhooks(&self) -> bool {
+        self.poller.is_some() && self.config.pictory.verify_webhooks
+    }
+
+    /// When a job tracked from `now` on is first polled; None when jobhook cannot poll.
+    pub fn first_poll_at(&self, now: i64) -> Option<i64> {
+        self.poller.as_ref().map(|p| p.first_poll_at(now))
+    }
+
+    /// Tells the reconciler that a poll became due sooner than it planned.
+    pub fn wake_reconciler(&self) {
+        if let Some(poller) = &self.poller {
+            poller.wake.notify_one();
+        }
     }
 
     /// Whether `/v1` needs a bearer token at all.

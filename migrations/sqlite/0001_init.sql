@@ -19,14 +19,17 @@ CREATE TABLE jobs (
     completed_at        INTEGER,
     webhook_received_at INTEGER,
     last_polled_at      INTEGER,
+    -- the reconciler's durable schedule: when to ask Get Job next (NULL: not scheduled)
     next_poll_at        INTEGER,
+    -- 1 marks a "look now" from a webhook, served before the regular schedule
+    poll_priority       INTEGER NOT NULL DEFAULT 0,
     -- id of the newest history entry: orders "newest change first"
     seq                 INTEGER NOT NULL DEFAULT 0,
     CHECK (job_id IS NOT NULL OR submission_id IS NOT NULL)
 );
 CREATE INDEX jobs_by_seq ON jobs (seq);
 CREATE INDEX jobs_by_status_seq ON jobs (status, seq);
-CREATE INDEX jobs_by_next_poll ON jobs (next_poll_at) WHERE next_poll_at IS NOT NULL;
+CREATE INDEX jobs_by_due ON jobs (poll_priority, next_poll_at) WHERE next_poll_at IS NOT NULL;
 
 -- AUTOINCREMENT: ids are never reused, so they can serve as stream positions.
 CREATE TABLE job_events (

@@ -40,12 +40,17 @@ impl Clock for ManualClock {
     }
 }
 
+/// RFC 3339 UTC, always with three fractional digits, so timestamps sort as text too.
+const MILLIS_UTC: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+);
+
 /// RFC 3339 UTC with millisecond precision.
 pub fn rfc3339(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
+        .and_then(|t| t.format(MILLIS_UTC).ok())
         .unwrap_or_else(|| ms.to_string())
 }
 
@@ -67,5 +72,6 @@ mod tests {
         assert_eq!(parse_rfc3339(&text), Some(ms));
         assert_eq!(parse_rfc3339("2025-11-29T08:06:40.123+01:00"), Some(ms));
         assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(rfc3339(1_764_400_000_000), "2025-11-29T07:06:40.000Z");
     }
 }

@@ -30,6 +30,8 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    RateLimited(String),
     #[error("storage is unavailable, retry later")]
     Unavailable { retry_after_secs: u32 },
     #[error("internal error")]
@@ -90,6 +92,7 @@ impl ApiError {
             }
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -120,6 +123,11 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, Json(json!({ "error": error }))).into_response();
         match &self {
+            ApiError::RateLimited(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
             ApiError::Unavailable { retry_after_secs } => {
                 response
                     .headers_mut()

@@ -1,5 +1,8 @@
-//! Everything about Pictory's wire format.
+//! Everything about Pictory: its wire format and the client that speaks it.
 
+pub mod client;
 pub mod report;
+pub mod rules;
 
+pub use client::{GetJob, PictoryClient};
 pub use report::{JobError, JobOutput, JobReport, ReportedState};

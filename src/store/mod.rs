@@ -46,6 +46,10 @@ pub enum DeliveryTarget {
         submission_id: Option<String>,
         /// When set, the body's report is applied to the job (receive-only mode).
         report: Option<ReportedState>,
+        /// Verify mode: ask Get Job about the job right away instead of trusting the body.
+        look_now: bool,
+        /// First poll of a job this delivery makes jobhook start tracking (None: no polling).
+        first_poll_at: Option<i64>,
     },
 }
 
@@ -145,14 +149,29 @@ pub trait Store: Send + Sync + 'static {
         again: ReplayInput,
         now: i64,
     ) -> Result<Option<Replayed>, StoreError>;
-    /// Starts tracking a job submitted outside jobhook (idempotent).
+    /// Starts tracking a job submitted outside jobhook (idempotent). `first_poll_at` schedules
+    /// the reconciler's first look (None: receive-only, no polling).
     async fn register(
         &self,
         job_id: &str,
         metadata: Option<Value>,
-        cause: Cause,
+        first_poll_at: Option<i64>,
         now: i64,
     ) -> Result<Registered, StoreError>;
+
+    /// Leases up to `limit` jobs whose poll is due at `now` (webhook "look now" first) until
+    /// `lease_until`, so no other poller takes them meanwhile.
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError>;
+    /// The earliest scheduled poll, if any.
+    async fn next_due(&self) -> Result<Option<i64>, StoreError>;
+    /// Records a Get Job call and applies what it said; commits before returning.
+    async fn record_poll(&self, job_pk: i64, poll: PollRecord, now: i64)
+        -> Result<Job, StoreError>;
 
     /// A job by Pictory id or submission id.
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
@@ -182,6 +201,45 @@ pub trait Store: Send + Sync + 'static {
     async fn overdue(&self, now: i64) -> Result<(i64, Option<i64>), StoreError>;
 }
 
+/// A job leased for one Get Job call.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub pk: i64,
+    pub job_id: String,
+    /// `Webhook` for a delivery's "look now", else `Poll`.
+    pub cause: Cause,
+    pub created_at: i64,
+    /// Get Job calls made for this job so far (drives the backoff).
+    pub poll_count: i64,
+}
+
+/// What one Get Job call found, ready to store.
+#[derive(Debug, Clone)]
+pub struct PollRecord {
+    pub cause: Cause,
+    pub http_status: Option<u16>,
+    /// Short outcome for the history (`completed`, `throttled`, ...).
+    pub label: String,
+    pub outcome: PollOutcome,
+    /// When to ask again while the job is not final.
+    pub next_poll_at: i64,
+    /// The deadline has passed: a job still not final becomes `timed_out`.
+    pub deadline_passed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum PollOutcome {
+    /// Pictory answered with a readable job body.
+    Report { state: ReportedState, raw: String },
+    /// 404 (counts towards `not_found`).
+    NotFound,
+    /// Nothing usable: throttled, server error, network, auth.
+    NoAnswer,
+}
+
+/// How many 404s in a row make a job `not_found`.
+pub const NOT_FOUND_AFTER: i64 = 3;
+
 /// What a fresh reading of an archived body says.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayInput {
@@ -189,6 +247,10 @@ pub struct ReplayInput {
     pub job_id: Option<String>,
     /// Applied to the job when set (receive-only mode).
     pub report: Option<ReportedState>,
+    /// Verify mode: ask Get Job right away instead.
+    pub look_now: bool,
+    /// First poll of a job the replay makes jobhook start tracking.
+    pub first_poll_at: Option<i64>,
 }
 
 /// What replaying a delivery did.

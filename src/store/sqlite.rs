@@ -2,8 +2,9 @@
 //! cheaper than busy-waiting on the file lock) and a pool of readers that never wait behind it (WAL).
 
 use super::{
-    Cursor, Delivery, DeliveryFilter, DeliveryOutcome, DeliveryTarget, Ingested, JobFilter,
-    NewDelivery, Page, Registered, ReplayInput, Replayed, Store, StoreError,
+    Claimed, Cursor, Delivery, DeliveryFilter, DeliveryOutcome, DeliveryTarget, Ingested,
+    JobFilter, NewDelivery, Page, PollOutcome, PollRecord, Registered, ReplayInput, Replayed,
+    Store, StoreError, NOT_FOUND_AFTER,
 };
 use crate::domain::{plan_report, Cause, Job, JobEvent, JobStatus, ReportPlan};
 use crate::pictory::ReportedState;
@@ -161,16 +162,18 @@ async fn ensure_job(
     job_id: &str,
     metadata: Option<&Value>,
     cause: Cause,
+    first_poll_at: Option<i64>,
     now: i64,
 ) -> Result<(i64, bool), StoreError> {
     let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO jobs (job_id, status, metadata, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (job_id) DO NOTHING RETURNING id",
+        "INSERT INTO jobs (job_id, status, metadata, created_at, updated_at, next_poll_at) \
+         VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (job_id) DO NOTHING RETURNING id",
     )
     .bind(job_id)
     .bind(JobStatus::Pending.as_str())
     .bind(metadata.map(Value::to_string))
     .bind(now)
+    .bind(first_poll_at)
     .fetch_optional(&mut **tx)
     .await?;
     if let Some(pk) = inserted {
@@ -189,6 +192,7 @@ async fn resolve_job(
     tx: &mut Tx<'_>,
     job_id: Option<&str>,
     submission_id: Option<&str>,
+    first_poll_at: Option<i64>,
     now: i64,
 ) -> Result<Option<i64>, StoreError> {
     if let Some(submission_id) = submission_id {
@@ -214,9 +218,10 @@ async fn resolve_job(
         }
     }
     match job_id {
-        Some(job_id) => Ok(Some(
-            ensure_job(tx, job_id, None, Cause::Webhook, now).await?.0,
-        )),
+        Some(job_id) => {
+            let (pk, _) = ensure_job(tx, job_id, None, Cause::Webhook, first_poll_at, now).await?;
+            Ok(Some(pk))
+        }
         None => Ok(None),
     }
 }
@@ -273,6 +278,16 @@ async fn apply_plan(
     Ok(())
 }
 
+/// A move with nothing but the new status (not found, timed out).
+fn moved_to(to: JobStatus) -> ReportPlan {
+    ReportPlan::Move {
+        to,
+        output: None,
+        error: None,
+        resolved_by: None,
+    }
+}
+
 fn plan_note(plan: &ReportPlan) -> Value {
     match plan {
         ReportPlan::Move { to, .. } => json!(format!("moved to {to}")),
@@ -287,6 +302,7 @@ struct WebhookOnJob<'a> {
     duplicate: bool,
     replay: bool,
     report: Option<&'a ReportedState>,
+    look_now: bool,
     raw_body: &'a [u8],
 }
 
@@ -302,9 +318,19 @@ async fn record_webhook(
         duplicate,
         replay,
         report,
+        look_now,
         raw_body,
     } = webhook;
     let job = job_by_pk(tx, job_pk).await?;
+    // Verify mode: the delivery only says "look now"; the Get Job answer decides.
+    let look_now = look_now && !duplicate && !job.status.is_final();
+    if look_now {
+        sqlx::query("UPDATE jobs SET next_poll_at = $1, poll_priority = 1 WHERE id = $2")
+            .bind(now)
+            .bind(job_pk)
+            .execute(&mut **tx)
+            .await?;
+    }
     let plan = match (duplicate, report) {
         (false, Some(report)) => Some(plan_report(job.status, report, Cause::Webhook)),
         _ => None,
@@ -315,6 +341,8 @@ async fn record_webhook(
     }
     if let Some(plan) = &plan {
         detail["outcome"] = plan_note(plan);
+    } else if look_now {
+        detail["outcome"] = json!("verifying with Get Job");
     }
     sqlx::query("UPDATE jobs SET webhook_received_at = $1 WHERE id = $2")
         .bind(now)
@@ -404,7 +432,7 @@ impl Store for SqliteStore {
         let now = delivery.received_at;
         let sha = Sha256::digest(&delivery.body);
         let mut tx = self.writer.begin().await?;
-        let (job_id, submission_id, report) = match &delivery.target {
+        let (job_id, submission_id, report, look_now, first_poll_at) = match &delivery.target {
             DeliveryTarget::Rejected { reason } => {
                 let id = insert_delivery(
                     &mut tx,
@@ -428,9 +456,18 @@ impl Store for SqliteStore {
                 job_id,
                 submission_id,
                 report,
-            } => (job_id.as_deref(), submission_id.as_deref(), report.as_ref()),
+                look_now,
+                first_poll_at,
+            } => (
+                job_id.as_deref(),
+                submission_id.as_deref(),
+                report.as_ref(),
+                *look_now,
+                *first_poll_at,
+            ),
         };
-        let Some(job_pk) = resolve_job(&mut tx, job_id, submission_id, now).await? else {
+        let Some(job_pk) = resolve_job(&mut tx, job_id, submission_id, first_poll_at, now).await?
+        else {
             let reason = "the submission this URL names is not tracked and the body has no job id";
             let id = insert_delivery(
                 &mut tx,
@@ -491,6 +528,7 @@ impl Store for SqliteStore {
             duplicate: outcome == DeliveryOutcome::Duplicate,
             replay: false,
             report,
+            look_now,
             raw_body: &delivery.body,
         };
         let job = record_webhook(&mut tx, webhook, now).await?;
@@ -526,7 +564,11 @@ impl Store for SqliteStore {
         };
         let job_pk = match (job_pk, again.job_id.as_deref()) {
             (Some(pk), _) => pk,
-            (None, Some(job_id)) => ensure_job(&mut tx, job_id, None, Cause::Api, now).await?.0,
+            (None, Some(job_id)) => {
+                ensure_job(&mut tx, job_id, None, Cause::Api, again.first_poll_at, now)
+                    .await?
+                    .0
+            }
             (None, None) => {
                 return Ok(Some(Replayed::NotApplicable(
                     "the delivery names no job".into(),
@@ -539,6 +581,7 @@ impl Store for SqliteStore {
             duplicate: false,
             replay: true,
             report: again.report.as_ref(),
+            look_now: again.look_now,
             raw_body: &body,
         };
         let job = record_webhook(&mut tx, webhook, now).await?;
@@ -550,11 +593,19 @@ impl Store for SqliteStore {
         &self,
         job_id: &str,
         metadata: Option<Value>,
-        cause: Cause,
+        first_poll_at: Option<i64>,
         now: i64,
     ) -> Result<Registered, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let (pk, created) = ensure_job(&mut tx, job_id, metadata.as_ref(), cause, now).await?;
+        let (pk, created) = ensure_job(
+            &mut tx,
+            job_id,
+            metadata.as_ref(),
+            Cause::Api,
+            first_poll_at,
+            now,
+        )
+        .await?;
         let job = job_by_pk(&mut tx, pk).await?;
         tx.commit().await?;
         Ok(Registered { job, created })
@@ -746,6 +797,157 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(status, count)| Ok((status.parse().map_err(corrupt)?, count)))
             .collect()
+    }
+
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let mut claimed = Vec::new();
+        // Webhook "look now" first, then the regular schedule; each oldest first.
+        for priority in [1, 0] {
+            let left = i64::from(limit) - claimed.len() as i64;
+            if left <= 0 {
+                break;
+            }
+            let rows = sqlx::query(
+                "UPDATE jobs SET next_poll_at = $1 WHERE id IN (SELECT id FROM jobs \
+                 WHERE poll_priority = $2 AND next_poll_at <= $3 AND job_id IS NOT NULL \
+                 ORDER BY next_poll_at LIMIT $4) \
+                 RETURNING id, job_id, poll_priority, created_at, poll_count",
+            )
+            .bind(lease_until)
+            .bind(priority)
+            .bind(now)
+            .bind(left)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let priority: i64 = row.try_get("poll_priority")?;
+                claimed.push(Claimed {
+                    pk: row.try_get("id")?,
+                    job_id: row.try_get("job_id")?,
+                    cause: if priority > 0 {
+                        Cause::Webhook
+                    } else {
+                        Cause::Poll
+                    },
+                    created_at: row.try_get("created_at")?,
+                    poll_count: row.try_get("poll_count")?,
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        let mut earliest: Option<i64> = None;
+        for priority in [1, 0] {
+            let due: Option<i64> = sqlx::query_scalar(
+                "SELECT next_poll_at FROM jobs WHERE poll_priority = $1 \
+                 AND next_poll_at IS NOT NULL ORDER BY next_poll_at LIMIT 1",
+            )
+            .bind(priority)
+            .fetch_optional(&self.reader)
+            .await?;
+            earliest = match (earliest, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(earliest)
+    }
+
+    async fn record_poll(
+        &self,
+        job_pk: i64,
+        poll: PollRecord,
+        now: i64,
+    ) -> Result<Job, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "UPDATE jobs SET poll_count = poll_count + 1, last_polled_at = $1, poll_priority = 0 \
+             WHERE id = $2",
+        )
+        .bind(now)
+        .bind(job_pk)
+        .execute(&mut *tx)
+        .await?;
+        let mut detail = json!({"outcome": poll.label, "cause": poll.cause.as_str()});
+        detail["http_status"] = json!(poll.http_status);
+        append_event(&mut tx, job_pk, "polled", detail, now).await?;
+
+        let job = job_by_pk(&mut tx, job_pk).await?;
+        let not_found = match &poll.outcome {
+            PollOutcome::NotFound
+            | PollOutcome::Report {
+                state: ReportedState::NotFound,
+                ..
+            } => true,
+            PollOutcome::Report { .. } | PollOutcome::NoAnswer => false,
+        };
+        if let PollOutcome::Report { state, raw } = &poll.outcome {
+            sqlx::query("UPDATE jobs SET raw_response = $1 WHERE id = $2")
+                .bind(raw)
+                .bind(job_pk)
+                .execute(&mut *tx)
+                .await?;
+            let plan = plan_report(job.status, state, poll.cause);
+            apply_plan(&mut tx, &job, &plan, poll.cause, now).await?;
+        }
+        if not_found {
+            let streak: i64 = sqlx::query_scalar(
+                "UPDATE jobs SET not_found_streak = not_found_streak + 1 WHERE id = $1 \
+                 RETURNING not_found_streak",
+            )
+            .bind(job_pk)
+            .fetch_one(&mut *tx)
+            .await?;
+            let job = job_by_pk(&mut tx, job_pk).await?;
+            if streak >= NOT_FOUND_AFTER && job.status.can_move_to(JobStatus::NotFound) {
+                apply_plan(
+                    &mut tx,
+                    &job,
+                    &moved_to(JobStatus::NotFound),
+                    poll.cause,
+                    now,
+                )
+                .await?;
+            }
+        } else if matches!(poll.outcome, PollOutcome::Report { .. }) {
+            sqlx::query("UPDATE jobs SET not_found_streak = 0 WHERE id = $1")
+                .bind(job_pk)
+                .execute(&mut *tx)
+                .await?;
+        }
+
+        let job = job_by_pk(&mut tx, job_pk).await?;
+        if poll.deadline_passed && job.status.can_move_to(JobStatus::TimedOut) {
+            apply_plan(
+                &mut tx,
+                &job,
+                &moved_to(JobStatus::TimedOut),
+                Cause::Deadline,
+                now,
+            )
+            .await?;
+        }
+        let job = job_by_pk(&mut tx, job_pk).await?;
+        // Polling stops for final statuses and for the ones only new evidence can move on.
+        let keep_polling = !job.status.is_final()
+            && !matches!(job.status, JobStatus::TimedOut | JobStatus::NotFound);
+        sqlx::query("UPDATE jobs SET next_poll_at = $1 WHERE id = $2")
+            .bind(keep_polling.then_some(poll.next_poll_at))
+            .bind(job_pk)
+            .execute(&mut *tx)
+            .await?;
+        let job = job_by_pk(&mut tx, job_pk).await?;
+        tx.commit().await?;
+        Ok(job)
     }
 
     async fn overdue(&self, now: i64) -> Result<(i64, Option<i64>), StoreError> {

@@ -166,6 +166,8 @@ async fn retention_prunes_old_bodies_in_batches_but_keeps_jobs_and_history() {
                     job_id: Some(format!("r{n}")),
                     submission_id: None,
                     report: None,
+                    look_now: false,
+                    first_poll_at: None,
                 },
             })
             .await

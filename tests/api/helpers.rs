@@ -1,13 +1,15 @@
 //! `spawn_app()`: a real jobhook on two loopback ports with a fresh SQLite file, and a client for it.
 
 use async_trait::async_trait;
-use jobhook::app::{self, Listeners};
+use jobhook::app::{Listeners, Service};
 use jobhook::config::Config;
 use jobhook::domain::time::ManualClock;
-use jobhook::domain::{Cause, Job, JobEvent, JobStatus};
+use jobhook::domain::{Job, JobEvent, JobStatus};
+use jobhook::mock::{MockOptions, MockPictory};
+use jobhook::state::AppState;
 use jobhook::store::{
-    self, Cursor, Delivery, DeliveryFilter, Ingested, JobFilter, NewDelivery, Page, Registered,
-    ReplayInput, Replayed, Store, StoreError,
+    self, Claimed, Cursor, Delivery, DeliveryFilter, Ingested, JobFilter, NewDelivery, Page,
+    PollRecord, Registered, ReplayInput, Replayed, Store, StoreError,
 };
 use reqwest::{Client, Response};
 use secrecy::SecretString;
@@ -32,6 +34,10 @@ pub struct TestApp {
     pub clock: ManualClock,
     pub faults: Arc<Faults>,
     pub db_path: PathBuf,
+    /// The running service's state (to wake the reconciler, read metrics).
+    pub state: AppState,
+    /// The fake Pictory, when the app was started with one.
+    pub pictory: Option<MockPictory>,
     /// The generic webhook URL (as `GET /v1/webhook-url` gives it).
     pub webhook_url: String,
     token: Option<String>,
@@ -40,11 +46,26 @@ pub struct TestApp {
     _dir: Option<TempDir>,
 }
 
-/// Options for [`spawn_app_with`].
+/// Options for [`spawn`].
 pub struct Options {
     pub configure: Box<dyn FnOnce(&mut Config) + Send>,
     /// Reuse this database file instead of a fresh one.
     pub db: Option<(PathBuf, Option<TempDir>)>,
+    /// Put a fake Pictory upstream (and an API key in the config).
+    pub pictory: Option<MockOptions>,
+    /// Continue this clock (restarts).
+    pub clock: Option<ManualClock>,
+}
+
+impl Options {
+    pub fn new(configure: impl FnOnce(&mut Config) + Send + 'static) -> Options {
+        Options {
+            configure: Box::new(configure),
+            db: None,
+            pictory: None,
+            clock: None,
+        }
+    }
 }
 
 pub fn test_config(db_path: &std::path::Path) -> Config {
@@ -62,11 +83,16 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config) + Send + 'static) -> TestApp {
-    spawn(Options {
-        configure: Box::new(configure),
-        db: None,
-    })
-    .await
+    spawn(Options::new(configure)).await
+}
+
+/// An app in verify mode with a fake Pictory upstream that shares the app's clock.
+pub async fn spawn_app_with_pictory(
+    configure: impl FnOnce(&mut Config) + Send + 'static,
+) -> TestApp {
+    let mut options = Options::new(configure);
+    options.pictory = Some(MockOptions::default());
+    spawn(options).await
 }
 
 pub async fn spawn(options: Options) -> TestApp {
@@ -87,26 +113,34 @@ pub async fn spawn(options: Options) -> TestApp {
     let api_url = format!("http://{}", api_listener.local_addr().unwrap());
     config.server.public_url = public_url.clone();
 
-    let clock = ManualClock::new(START_MS);
+    let clock = options.clock.unwrap_or_else(|| ManualClock::new(START_MS));
+    let pictory = match options.pictory {
+        None => None,
+        Some(mock_options) => {
+            let mock = MockPictory::new(mock_options, Arc::new(clock.clone()));
+            config.pictory.base_url = mock.spawn().await.unwrap();
+            config.pictory.api_key = Some(SecretString::from("pictai_test_key"));
+            Some(mock)
+        }
+    };
     let faults = Arc::new(Faults::default());
     let inner = store::open(&config.database.url).await.unwrap();
     let store: Arc<dyn Store> = Arc::new(FaultyStore {
         inner,
         faults: faults.clone(),
     });
+    let service = Service::start(config, store, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let state = service.state();
     let (tx, rx) = oneshot::channel();
-    let handle = tokio::spawn(app::run_with_store(
-        config,
-        store,
-        Listeners {
-            public: public_listener,
-            api: api_listener,
-        },
-        Arc::new(clock.clone()),
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let listeners = Listeners {
+        public: public_listener,
+        api: api_listener,
+    };
+    let handle = tokio::spawn(service.run(listeners, async {
+        let _ = rx.await;
+    }));
     let mut app = TestApp {
         public_url,
         api_url,
@@ -114,6 +148,8 @@ pub async fn spawn(options: Options) -> TestApp {
         clock,
         faults,
         db_path,
+        state,
+        pictory,
         webhook_url: String::new(),
         token,
         shutdown: Some(tx),
@@ -148,6 +184,8 @@ impl TestApp {
         spawn(Options {
             configure: Box::new(|_| {}),
             db: Some((self.db_path.clone(), dir)),
+            pictory: None,
+            clock: Some(self.clock.clone()),
         })
         .await
     }
@@ -210,6 +248,23 @@ impl TestApp {
 
     pub async fn job(&self, id: &str) -> Value {
         self.get_json(&format!("/v1/jobs/{id}")).await
+    }
+
+    /// Long-polls a job until it is final (10 s at most) and returns it.
+    pub async fn wait_final(&self, id: &str) -> Value {
+        let job = self.get_json(&format!("/v1/jobs/{id}?wait=10s")).await;
+        let status = job["status"].as_str().unwrap();
+        assert!(
+            ["completed", "failed", "submit_failed"].contains(&status),
+            "{id} is not final: {job}"
+        );
+        job
+    }
+
+    pub fn mock(&self) -> &MockPictory {
+        self.pictory
+            .as_ref()
+            .expect("app started with a fake Pictory")
     }
 
     pub async fn events(&self, id: &str) -> Vec<Value> {
@@ -320,11 +375,34 @@ impl Store for FaultyStore {
         &self,
         job_id: &str,
         metadata: Option<Value>,
-        cause: Cause,
+        first_poll_at: Option<i64>,
         now: i64,
     ) -> Result<Registered, StoreError> {
         self.faults.check()?;
-        self.inner.register(job_id, metadata, cause, now).await
+        self.inner
+            .register(job_id, metadata, first_poll_at, now)
+            .await
+    }
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.faults.check()?;
+        self.inner.claim_due(now, lease_until, limit).await
+    }
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.inner.next_due().await
+    }
+    async fn record_poll(
+        &self,
+        job_pk: i64,
+        poll: PollRecord,
+        now: i64,
+    ) -> Result<Job, StoreError> {
+        self.faults.check()?;
+        self.inner.record_poll(job_pk, poll, now).await
     }
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
         self.inner.job(id).await

@@ -41,7 +41,13 @@ proptest! {
                     remote_addr: None,
                     headers: "{}".into(),
                     body: body.to_string().into_bytes(),
-                    target: DeliveryTarget::Job { job_id: report.job_id, submission_id: None, report: Some(report.state) },
+                    target: DeliveryTarget::Job {
+                        job_id: report.job_id,
+                        submission_id: None,
+                        report: Some(report.state),
+                        look_now: false,
+                        first_poll_at: None,
+                    },
                 }).await.unwrap();
             }
             let job = store.job("pj").await.unwrap().unwrap();

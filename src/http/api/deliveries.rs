@@ -149,19 +149,26 @@ pub async fn replay_delivery(
         .as_deref()
         .and_then(|body| serde_json::from_slice::<Value>(body).ok())
         .map(|json| JobReport::from_json(&json));
+    let verify = state.verify_webhooks();
+    let now = state.now_ms();
     let again = ReplayInput {
         job_id: report.as_ref().and_then(|r| r.job_id.clone()),
-        report: report.map(|r| r.state),
+        report: report.map(|r| r.state).filter(|_| !verify),
+        look_now: verify,
+        first_poll_at: state.first_poll_at(now),
     };
-    match state
-        .store
-        .replay(delivery.id, again, state.now_ms())
-        .await?
-    {
+    let replayed = state.store.replay(delivery.id, again, now).await?;
+    if verify {
+        state.wake_reconciler();
+    }
+    match replayed {
         None => Err(ApiError::NotFound(format!("delivery {id} does not exist"))),
         Some(Replayed::NotApplicable(why)) => Err(ApiError::Conflict(format!(
             "delivery {id} cannot be replayed: {why}"
         ))),
-        Some(Replayed::Applied(job)) => Ok(Json(job.view())),
+        Some(Replayed::Applied(job)) => {
+            state.changes.publish(&job);
+            Ok(Json(job.view()))
+        }
     }
 }

@@ -2,9 +2,10 @@
 
 use crate::domain::job::JobView;
 use crate::domain::time::parse_rfc3339;
-use crate::domain::{Cause, Job, JobStatus};
+use crate::domain::{Job, JobStatus};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::reconcile::RefreshError;
 use crate::state::AppState;
 use crate::store::{Cursor, JobFilter};
 use axum::extract::State;
@@ -13,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
 
 /// Largest accepted `metadata`, serialized.
 pub const METADATA_LIMIT: usize = 16 * 1024;
@@ -129,10 +132,12 @@ pub async fn register_job(
     validate_job_id("job_id", job_id)?;
     validate_metadata(&body.metadata)?;
     let metadata = body.metadata.filter(|m| !m.is_null());
+    let now = state.now_ms();
     let registered = state
         .store
-        .register(job_id, metadata, Cause::Api, state.now_ms())
+        .register(job_id, metadata, state.first_poll_at(now), now)
         .await?;
+    state.changes.publish(&registered.job);
     let status = if registered.created {
         StatusCode::CREATED
     } else {
@@ -150,15 +155,72 @@ pub async fn webhook_url(State(state): State<AppState>) -> Json<WebhookUrl> {
     })
 }
 
-/// One job, by Pictory job id or submission id.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GetJobQuery {
+    /// Hold the request until the job is final or this time passes (`30s`, at most `60s`).
+    pub wait: Option<String>,
+}
+
+/// Longest a long-poll may hold a request.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(text) = wait.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let parsed = match text.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(text),
+    };
+    match parsed {
+        Ok(wait) if wait <= MAX_WAIT => Ok(Some(wait)),
+        Ok(_) => Err(ApiError::bad_request("invalid_query", "wait: at most 60s")),
+        Err(_) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("wait: `{text}` is not a duration like 30s"),
+        )),
+    }
+}
+
+/// One job, by Pictory job id or submission id; with `wait`, a long-poll.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "Pictory job id or submission id")),
-    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)),
+    params(("id" = String, Path, description = "Pictory job id or submission id"), GetJobQuery),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody),
+        (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_job(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<GetJobQuery>,
 ) -> Result<Json<JobView>, ApiError> {
+    let wait = parse_wait(query.wait.as_deref())?;
+    // Subscribe before the first read, so a change between the two is not missed.
+    let mut changes = state.changes.subscribe();
+    let job = find_job(&state, &id).await?;
+    let Some(wait) = wait.filter(|_| !job.status.is_final()) else {
+        return Ok(Json(job.view()));
+    };
+    let give_up = tokio::time::sleep(wait);
+    tokio::pin!(give_up);
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                Ok(change) if change.pk != job.pk => continue,
+                Ok(change) if !change.status.is_final() => continue,
+                // Our job became final, or we fell behind and cannot tell: read it.
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    let now = find_job(&state, &id).await?;
+                    if now.status.is_final() {
+                        return Ok(Json(now.view()));
+                    }
+                }
+                Err(RecvError::Closed) => break,
+            },
+            _ = &mut give_up => break,
+            _ = state.stopping.cancelled() => break,
+        }
+    }
     Ok(Json(find_job(&state, &id).await?.view()))
 }
 
@@ -257,4 +319,33 @@ fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>, ApiError>
             })
         })
         .transpose()
+}
+
+/// Asks Pictory about the job now, outside the schedule, and answers the updated job.
+#[utoipa::path(post, path = "/v1/jobs/{id}/refresh", tag = "jobs",
+    params(("id" = String, Path, description = "Pictory job id or submission id")),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody),
+        (status = 409, description = "Receive-only mode, or no Pictory id yet", body = ErrorBody),
+        (status = 429, description = "No rate-limit slot free", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn refresh_job(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = find_job(&state, &id).await?;
+    let Some(poller) = &state.poller else {
+        return Err(ApiError::Conflict(
+            "jobhook runs receive-only (no pictory.api_key), so it cannot ask Pictory".into(),
+        ));
+    };
+    match poller.refresh(&job).await {
+        Ok(job) => Ok(Json(job.view())),
+        Err(RefreshError::NoJobId) => Err(ApiError::Conflict(format!(
+            "job {id} has no Pictory id yet, so Pictory cannot be asked about it"
+        ))),
+        Err(RefreshError::RateLimited) => Err(ApiError::RateLimited(
+            "the Get Job rate limit (reconcile.rate) has no free slot; retry shortly".into(),
+        )),
+        Err(RefreshError::Store(err)) => Err(err.into()),
+    }
 }

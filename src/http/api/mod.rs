@@ -21,6 +21,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/raw", get(jobs::get_raw))
         .route("/v1/jobs/{id}/events", get(jobs::get_events))
+        .route("/v1/jobs/{id}/refresh", post(jobs::refresh_job))
         .route("/v1/webhook-url", get(jobs::webhook_url))
         .route("/v1/deliveries", get(deliveries::list_deliveries))
         .route("/v1/deliveries/{id}", get(deliveries::get_delivery))
@@ -65,7 +66,7 @@ async fn require_token(
     info(title = "jobhook private API", description = "Jobs, deliveries and operations of a jobhook instance."),
     paths(
         jobs::register_job, jobs::list_jobs, jobs::get_job, jobs::get_raw, jobs::get_events,
-        jobs::webhook_url, deliveries::list_deliveries, deliveries::get_delivery,
+        jobs::refresh_job, jobs::webhook_url, deliveries::list_deliveries, deliveries::get_delivery,
         deliveries::replay_delivery, ops::readyz, ops::metrics,
     ),
     modifiers(&BearerAuth),

@@ -13,8 +13,11 @@ use serde_json::json;
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready"), (status = 503, description = "Not ready, with the reason")))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    // Readiness is about taking webhooks: a Pictory problem is reported, not made a 503, so a
+    // load balancer keeps sending deliveries while polling is paused.
+    let pictory = state.poller.as_ref().and_then(|p| p.problem());
     match state.store.ready(state.now_ms()).await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Ok(()) => Json(json!({"status": "ready", "pictory": pictory})).into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "not ready");
             (

@@ -1,0 +1,479 @@
+//! A fake Pictory that follows `reference/pictory-api.md` to the letter, with knobs to make it
+//! misbehave. It backs `jobhook mock-pictory`, `jobhook demo` and jobhook's own tests.
+//!
+//! Jobs run for `job_duration`, then complete (or fail, at `failure_rate`) and their webhook is
+//! sent, or dropped, duplicated, preceded by a stale "in-progress" (reordered) or delayed. Get Job
+//! answers 429 (with `Retry-After`) and 5xx at the configured rates. Tests can also script a job's
+//! state directly and queue exact answers.
+
+use crate::domain::time::Clock;
+use crate::pictory::rules;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How the fake behaves. Rates are probabilities from 0 to 1.
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    /// Accept only this key; otherwise any key starting with `pictai_`.
+    pub api_key: Option<String>,
+    pub job_duration: Duration,
+    pub failure_rate: f64,
+    pub drop_rate: f64,
+    pub duplicate_rate: f64,
+    pub reorder_rate: f64,
+    pub webhook_delay: Duration,
+    pub throttle_rate: f64,
+    pub retry_after_secs: u64,
+    pub error_rate: f64,
+    pub seed: Option<u64>,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            api_key: None,
+            job_duration: Duration::from_secs(20),
+            failure_rate: 0.0,
+            drop_rate: 0.0,
+            duplicate_rate: 0.0,
+            reorder_rate: 0.0,
+            webhook_delay: Duration::ZERO,
+            throttle_rate: 0.0,
+            retry_after_secs: 2,
+            error_rate: 0.0,
+            seed: None,
+        }
+    }
+}
+
+/// Where a fake job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MockState {
+    InProgress,
+    Completed,
+    Failed,
+    /// Get Job answers 404.
+    Gone,
+}
+
+impl MockState {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "in-progress" | "in_progress" => Some(MockState::InProgress),
+            "completed" => Some(MockState::Completed),
+            "failed" => Some(MockState::Failed),
+            "gone" | "not_found" => Some(MockState::Gone),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MockJob {
+    pub id: String,
+    pub request: Value,
+    pub state: MockState,
+    pub get_calls: u32,
+    pub credits: f64,
+}
+
+/// One Get Job call as the fake saw it.
+#[derive(Debug, Clone)]
+pub struct GetCall {
+    pub job_id: String,
+    pub at_ms: i64,
+    pub status: u16,
+}
+
+/// An exact answer queued by a test for the next Get Job call.
+#[derive(Debug, Clone)]
+pub struct Forced {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+struct Inner {
+    options: Mutex<MockOptions>,
+    jobs: Mutex<HashMap<String, MockJob>>,
+    get_calls: Mutex<Vec<GetCall>>,
+    forced: Mutex<VecDeque<Forced>>,
+    generate_calls: AtomicUsize,
+    webhooks_sent: AtomicUsize,
+    rng: Mutex<StdRng>,
+    clock: Arc<dyn Clock>,
+    http: reqwest::Client,
+}
+
+#[derive(Clone)]
+pub struct MockPictory {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MockPictory {
+    pub fn new(options: MockOptions, clock: Arc<dyn Clock>) -> MockPictory {
+        let rng = match options.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        MockPictory {
+            inner: Arc::new(Inner {
+                options: Mutex::new(options),
+                jobs: Mutex::default(),
+                get_calls: Mutex::default(),
+                forced: Mutex::default(),
+                generate_calls: AtomicUsize::new(0),
+                webhooks_sent: AtomicUsize::new(0),
+                rng: Mutex::new(rng),
+                clock,
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/pictoryapis/v1/aistudio/videos", post(generate))
+            .route("/pictoryapis/v1/jobs/{id}", get(get_job))
+            .route("/_mock/jobs", get(list_jobs))
+            .route("/_mock/jobs/{id}", axum::routing::put(set_job))
+            .with_state(self.clone())
+    }
+
+    /// Serves the fake on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Starts the fake on a loopback port; returns its `pictory.base_url`.
+    pub async fn spawn(&self) -> std::io::Result<String> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}/pictoryapis", listener.local_addr()?);
+        let this = self.clone();
+        tokio::spawn(async move { this.serve(listener, std::future::pending()).await });
+        Ok(base)
+    }
+
+    pub fn set_options(&self, options: MockOptions) {
+        *lock(&self.inner.options) = options;
+    }
+
+    pub fn options(&self) -> MockOptions {
+        lock(&self.inner.options).clone()
+    }
+
+    /// Creates or changes a job (tests script Pictory's side this way).
+    pub fn set_state(&self, id: &str, state: MockState) {
+        let mut jobs = lock(&self.inner.jobs);
+        let job = jobs.entry(id.to_owned()).or_insert_with(|| MockJob {
+            id: id.to_owned(),
+            request: json!({}),
+            state,
+            get_calls: 0,
+            credits: 8.0,
+        });
+        job.state = state;
+    }
+
+    /// Queues an exact answer for the next Get Job call.
+    pub fn force_next(&self, forced: Forced) {
+        lock(&self.inner.forced).push_back(forced);
+    }
+
+    pub fn job(&self, id: &str) -> Option<MockJob> {
+        lock(&self.inner.jobs).get(id).cloned()
+    }
+
+    pub fn jobs(&self) -> Vec<MockJob> {
+        lock(&self.inner.jobs).values().cloned().collect()
+    }
+
+    pub fn get_calls(&self) -> Vec<GetCall> {
+        lock(&self.inner.get_calls).clone()
+    }
+
+    pub fn generate_calls(&self) -> usize {
+        self.inner.generate_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn webhooks_sent(&self) -> usize {
+        self.inner.webhooks_sent.load(Ordering::SeqCst)
+    }
+
+    /// The Get Job body for a job, exactly as Pictory documents it.
+    pub fn job_body(&self, id: &str) -> Option<Value> {
+        lock(&self.inner.jobs).get(id).map(body_of)
+    }
+
+    fn chance(&self, rate: f64) -> bool {
+        rate > 0.0 && lock(&self.inner.rng).gen_bool(rate.clamp(0.0, 1.0))
+    }
+
+    fn authorised(&self, headers: &HeaderMap) -> bool {
+        let Some(key) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        match &lock(&self.inner.options).api_key {
+            Some(pinned) => key == pinned,
+            None => key.starts_with("pictai_"),
+        }
+    }
+
+    /// Runs a job to its end, then sends its webhook with the configured misbehaviour.
+    async fn run_job(self, id: String, webhook: Option<String>) {
+        let options = self.options();
+        tokio::time::sleep(options.job_duration).await;
+        let failed = self.chance(options.failure_rate);
+        {
+            let mut jobs = lock(&self.inner.jobs);
+            let Some(job) = jobs.get_mut(&id) else { return };
+            if job.state != MockState::InProgress {
+                return; // scripted meanwhile
+            }
+            job.state = if failed {
+                MockState::Failed
+            } else {
+                MockState::Completed
+            };
+        }
+        let Some(url) = webhook else { return };
+        tokio::time::sleep(options.webhook_delay).await;
+        if self.chance(options.drop_rate) {
+            return;
+        }
+        let Some(body) = self.job_body(&id) else {
+            return;
+        };
+        let stale = json!({"job_id": id, "success": true, "data": {"status": "in-progress"}});
+        self.post_webhook(&url, &body).await;
+        if self.chance(options.reorder_rate) {
+            // A stale "in-progress" arriving after the final answer.
+            self.post_webhook(&url, &stale).await;
+        }
+        if self.chance(options.duplicate_rate) {
+            self.post_webhook(&url, &body).await;
+        }
+    }
+
+    async fn post_webhook(&self, url: &str, body: &Value) {
+        self.inner.webhooks_sent.fetch_add(1, Ordering::SeqCst);
+        if let Err(err) = self.inner.http.post(url).json(body).send().await {
+            tracing::debug!(error = %err, url, "fake Pictory could not deliver a webhook");
+        }
+    }
+}
+
+fn body_of(job: &MockJob) -> Value {
+    let id = &job.id;
+    match job.state {
+        MockState::InProgress | MockState::Gone => {
+            json!({"job_id": id, "success": true, "data": {"status": "in-progress"}})
+        }
+        MockState::Completed => {
+            let duration = job
+                .request
+                .get("duration")
+                .and_then(Value::as_str)
+                .unwrap_or("5s");
+            json!({"job_id": id, "success": true, "data": {
+                "status": "completed",
+                "url": format!("https://cdn.pictory.example/{id}/video.mp4"),
+                "duration": duration, "width": 1280, "height": 720,
+                "thumbnailImageUrl": format!("https://cdn.pictory.example/{id}/thumbnail.jpg"),
+                "lastFrameImageUrl": format!("https://cdn.pictory.example/{id}/last-frame.png"),
+                "previewImageUrl": format!("https://cdn.pictory.example/{id}/preview.jpg"),
+                "aiCreditsUsed": job.credits}})
+        }
+        MockState::Failed => json!({"job_id": id, "success": false, "data": {
+            "status": "failed", "error_code": "TEXT_TO_VIDEO_FAILED",
+            "error_message": "The video could not be generated from this prompt"}}),
+    }
+}
+
+fn unauthorised() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"message": "Unauthorized"})),
+    )
+        .into_response()
+}
+
+async fn generate(
+    State(mock): State<MockPictory>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !mock.authorised(&headers) {
+        return unauthorised();
+    }
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": "INVALID_REQUEST_BODY", "message": "Request body must be a JSON object"})),
+        )
+            .into_response();
+    };
+    let violations = rules::check(&request);
+    if !violations.is_empty() {
+        let fields: Vec<Value> = violations
+            .iter()
+            .map(|v| json!({"name": v.field, "errors": v.message}))
+            .collect();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": "INVALID_REQUEST_BODY", "message": "Invalid request body", "fields": fields})),
+        )
+            .into_response();
+    }
+    let options = mock.options();
+    if mock.chance(options.throttle_rate) {
+        return throttled(options.retry_after_secs);
+    }
+    mock.inner.generate_calls.fetch_add(1, Ordering::SeqCst);
+    let id = uuid::Uuid::new_v4().to_string();
+    let webhook = request
+        .get("webhook")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let job = MockJob {
+        id: id.clone(),
+        credits: rules::credits(&request).unwrap_or(0.0),
+        request: Value::Object(request),
+        state: MockState::InProgress,
+        get_calls: 0,
+    };
+    lock(&mock.inner.jobs).insert(id.clone(), job);
+    tokio::spawn(mock.clone().run_job(id.clone(), webhook));
+    Json(json!({"success": true, "data": {"jobId": id}})).into_response()
+}
+
+fn throttled(retry_after: u64) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [("retry-after", retry_after.to_string())],
+        Json(json!({"message": "Too Many Requests"})),
+    )
+        .into_response()
+}
+
+async fn get_job(
+    State(mock): State<MockPictory>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let response = answer_get_job(&mock, &id, &headers);
+    lock(&mock.inner.get_calls).push(GetCall {
+        job_id: id,
+        at_ms: mock.inner.clock.now_ms(),
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+fn answer_get_job(mock: &MockPictory, id: &str, headers: &HeaderMap) -> Response {
+    if let Some(forced) = lock(&mock.inner.forced).pop_front() {
+        let status =
+            StatusCode::from_u16(forced.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, forced.body).into_response();
+        if let Some(retry) = forced.retry_after.and_then(|r| r.parse().ok()) {
+            response.headers_mut().insert("retry-after", retry);
+        }
+        return response;
+    }
+    if !mock.authorised(headers) {
+        return unauthorised();
+    }
+    let options = mock.options();
+    if mock.chance(options.throttle_rate) {
+        return throttled(options.retry_after_secs);
+    }
+    if mock.chance(options.error_rate) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"message": "Internal server error, retry after a brief delay"})),
+        )
+            .into_response();
+    }
+    let mut jobs = lock(&mock.inner.jobs);
+    match jobs.get_mut(id) {
+        Some(job) if job.state != MockState::Gone => {
+            job.get_calls += 1;
+            Json(body_of(job)).into_response()
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"success": false, "error_code": "5000", "error_message": "JOB_NOT_FOUND"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn list_jobs(State(mock): State<MockPictory>) -> Json<Value> {
+    let jobs: Vec<Value> = mock
+        .jobs()
+        .iter()
+        .map(|job| json!({"id": job.id, "state": format!("{:?}", job.state), "get_calls": job.get_calls, "request": job.request}))
+        .collect();
+    Json(
+        json!({"data": jobs, "generate_calls": mock.generate_calls(), "webhooks_sent": mock.webhooks_sent()}),
+    )
+}
+
+#[derive(Deserialize)]
+struct SetJob {
+    status: String,
+}
+
+#[derive(Deserialize)]
+struct SetJobQuery {
+    /// Also deliver the job's webhook to this URL now.
+    webhook: Option<String>,
+}
+
+async fn set_job(
+    State(mock): State<MockPictory>,
+    Path(id): Path<String>,
+    Query(query): Query<SetJobQuery>,
+    Json(body): Json<SetJob>,
+) -> Response {
+    let Some(state) = MockState::parse(&body.status) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"message": "status: in-progress, completed, failed or gone"})),
+        )
+            .into_response();
+    };
+    mock.set_state(&id, state);
+    if let (Some(url), Some(body)) = (query.webhook, mock.job_body(&id)) {
+        mock.post_webhook(&url, &body).await;
+    }
+    Json(json!({"id": id, "status": body.status})).into_response()
+}

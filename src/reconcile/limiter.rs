@@ -1,0 +1,137 @@
+//! The one rate limit all Get Job calls share: at most `rate` calls in any one-second window,
+//! bursts included. Time is passed in (unix ms), so the limiter is exact under test.
+
+use std::collections::VecDeque;
+
+/// Window length; a call exactly one window after another is still inside it (closed window).
+const WINDOW_MS: i64 = 1000;
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: usize,
+    /// Start times of the most recent calls, oldest first, at most `rate` of them.
+    recent: VecDeque<i64>,
+    /// No call before this (a 429's Retry-After holds everyone back).
+    hold_until: i64,
+}
+
+impl RateLimiter {
+    pub fn new(rate: u32) -> Self {
+        let rate = rate.max(1) as usize;
+        RateLimiter {
+            rate,
+            recent: VecDeque::with_capacity(rate),
+            hold_until: i64::MIN,
+        }
+    }
+
+    /// Takes a slot at `now` if one is free.
+    pub fn try_acquire(&mut self, now: i64) -> bool {
+        if self.free_at(now) > now {
+            return false;
+        }
+        if self.recent.len() == self.rate {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        true
+    }
+
+    /// How many calls could start at `now`.
+    pub fn available(&self, now: i64) -> usize {
+        if now < self.hold_until {
+            return 0;
+        }
+        let in_window = self
+            .recent
+            .iter()
+            .filter(|&&t| t + WINDOW_MS >= now)
+            .count();
+        self.rate - in_window
+    }
+
+    /// The earliest time (≥ now) at which a call may start.
+    pub fn free_at(&self, now: i64) -> i64 {
+        let window_free = if self.recent.len() < self.rate {
+            now
+        } else {
+            // The oldest of the last `rate` calls must have left the closed window.
+            self.recent
+                .front()
+                .map_or(now, |&oldest| (oldest + WINDOW_MS + 1).max(now))
+        };
+        window_free.max(self.hold_until)
+    }
+
+    /// Holds every call back until `until` (a 429's Retry-After).
+    pub fn hold(&mut self, until: i64) {
+        self.hold_until = self.hold_until.max(until);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Most calls in any closed one-second window.
+    fn busiest_window(calls: &[i64]) -> usize {
+        calls
+            .iter()
+            .map(|&start| {
+                calls
+                    .iter()
+                    .filter(|&&t| t >= start && t <= start + WINDOW_MS)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_thousand_calls_never_exceed_the_rate_in_any_window() {
+        let mut limiter = RateLimiter::new(5);
+        let mut now = 0;
+        let mut calls = Vec::new();
+        while calls.len() < 1000 {
+            if limiter.try_acquire(now) {
+                calls.push(now);
+            } else {
+                now = limiter.free_at(now);
+            }
+        }
+        assert_eq!(busiest_window(&calls), 5);
+        // And the rate is sustained: 1000 calls at 5 per second take about 200 seconds.
+        let elapsed = calls.last().unwrap() - calls.first().unwrap();
+        assert!((199_000..=200_500).contains(&elapsed), "{elapsed} ms");
+    }
+
+    #[test]
+    fn hold_blocks_everyone_until_it_ends() {
+        let mut limiter = RateLimiter::new(5);
+        limiter.hold(10_000);
+        assert_eq!(limiter.available(9_999), 0);
+        assert!(!limiter.try_acquire(9_999));
+        assert_eq!(limiter.free_at(0), 10_000);
+        assert!(limiter.try_acquire(10_000));
+    }
+
+    proptest! {
+        #[test]
+        fn any_call_pattern_stays_within_the_rate(
+            rate in 1u32..20,
+            attempts in proptest::collection::vec(0i64..400, 1..300)
+        ) {
+            let mut limiter = RateLimiter::new(rate);
+            let mut now = 0;
+            let mut calls = Vec::new();
+            for gap in attempts {
+                now += gap;
+                if limiter.try_acquire(now) {
+                    calls.push(now);
+                }
+            }
+            prop_assert!(busiest_window(&calls) <= rate as usize);
+        }
+    }
+}
