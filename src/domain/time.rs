@@ -20,23 +20,47 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to.
+/// A clock tests move by hand: frozen, or running with real time plus the jumps made.
 #[derive(Debug, Clone)]
-pub struct ManualClock(Arc<AtomicI64>);
+pub struct ManualClock {
+    manual: Arc<AtomicI64>,
+    /// When set, real time since this instant is added (for tests of loops that wait).
+    running_since: Option<std::time::Instant>,
+}
 
 impl ManualClock {
+    /// A frozen clock at `start_ms`.
     pub fn new(start_ms: i64) -> Self {
-        ManualClock(Arc::new(AtomicI64::new(start_ms)))
+        ManualClock {
+            manual: Arc::new(AtomicI64::new(start_ms)),
+            running_since: None,
+        }
+    }
+
+    /// A clock that starts at `start_ms` and runs with real time.
+    pub fn running(start_ms: i64) -> Self {
+        ManualClock {
+            manual: Arc::new(AtomicI64::new(start_ms)),
+            running_since: Some(std::time::Instant::now()),
+        }
     }
 
     pub fn advance_ms(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
+        self.manual.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Moves a frozen clock to `ms`, never backwards.
+    pub fn set_ms(&self, ms: i64) {
+        self.manual.fetch_max(ms, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
+        let real = self.running_since.map_or(0, |since| {
+            i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
+        });
+        self.manual.load(Ordering::SeqCst).saturating_add(real)
     }
 }
 

@@ -217,12 +217,10 @@ impl Poller {
                     "Pictory answered 429; holding all polls back"
                 );
             }
-            answer if answer.key_works() => {
-                if lock(&self.pause).take().is_some() {
-                    tracing::info!("Pictory accepted the API key again; polling resumed");
-                }
-            }
             _ => {}
+        }
+        if answer.key_works() && lock(&self.pause).take().is_some() {
+            tracing::info!("Pictory accepted the API key again; polling resumed");
         }
     }
 

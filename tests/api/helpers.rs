@@ -113,7 +113,11 @@ pub async fn spawn(options: Options) -> TestApp {
     let api_url = format!("http://{}", api_listener.local_addr().unwrap());
     config.server.public_url = public_url.clone();
 
-    let clock = options.clock.unwrap_or_else(|| ManualClock::new(START_MS));
+    // With a fake Pictory the reconciler loop runs, and its rate limit needs time to pass.
+    let clock = options.clock.unwrap_or_else(|| match options.pictory {
+        Some(_) => ManualClock::running(START_MS),
+        None => ManualClock::new(START_MS),
+    });
     let pictory = match options.pictory {
         None => None,
         Some(mock_options) => {

@@ -10,5 +10,7 @@ mod deliveries;
 mod jobs;
 mod listing;
 mod ops;
+mod pictory;
+mod reconcile;
 mod state_machine;
 mod webhooks;
