@@ -17,6 +17,10 @@ struct Service {
 
 /// Starts `jobhook serve` on ports the kernel picks, and reads them back from its log.
 async fn start(db: &Path) -> Service {
+    start_with(db, &[]).await
+}
+
+async fn start_with(db: &Path, env: &[(&str, &str)]) -> Service {
     let mut command = Command::new(env!("CARGO_BIN_EXE_jobhook"));
     for (key, _) in std::env::vars() {
         if key.starts_with("JOBHOOK_") {
@@ -32,6 +36,7 @@ async fn start(db: &Path) -> Service {
         .env("JOBHOOK_SERVER_API_LISTEN", "127.0.0.1:0")
         .env("JOBHOOK_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -189,4 +194,39 @@ async fn sigterm_stops_gracefully_with_exit_code_zero() {
     let service = start(&db).await;
     let job: Value = service.get("/v1/jobs/term-1").await.json().await.unwrap();
     assert_eq!(job["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_registration_survives_kill_9_before_its_first_poll() {
+    use jobhook::domain::time::SystemClock;
+    use jobhook::mock::{MockOptions, MockPictory, MockState};
+
+    let mock = MockPictory::new(MockOptions::default(), std::sync::Arc::new(SystemClock));
+    let base_url = mock.spawn().await.unwrap();
+    let env = [
+        ("JOBHOOK_PICTORY_API_KEY", "pictai_crash_test"),
+        ("JOBHOOK_PICTORY_BASE_URL", base_url.as_str()),
+        ("JOBHOOK_RECONCILE_GRACE", "1s"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("poll.db");
+    let mut service = start_with(&db, &env).await;
+    mock.set_state("crash-poll", MockState::Completed);
+    let registered = service
+        .client
+        .post(format!("{}/v1/jobs", service.api))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"job_id": "crash-poll"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    service.child.kill().await.unwrap();
+    assert!(mock.get_calls().is_empty(), "killed before the first poll");
+
+    let service = start_with(&db, &env).await;
+    let job: Value = service.get("/v1/jobs/crash-poll?wait=20s").await.json().await.unwrap();
+    assert_eq!(job["status"], "completed", "the scheduled poll survived the crash: {job}");
+    assert_eq!(job["resolved_by"], "poll");
+    assert_eq!(mock.get_calls().len(), 1);
 }

@@ -9,6 +9,7 @@ mod crash;
 mod deliveries;
 mod jobs;
 mod listing;
+mod mock;
 mod ops;
 mod pictory;
 mod reconcile;

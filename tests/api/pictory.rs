@@ -227,4 +227,5 @@ async fn jobs_run_on_the_fake_end_to_end_with_misbehaving_webhooks() {
         assert_eq!(job["status"], expected, "{id}");
         assert_eq!(job["resolved_by"], "webhook");
     }
+    assert!(app.mock().webhooks_sent() > ids.len(), "the fake duplicated and reordered some");
 }
