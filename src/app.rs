@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::domain::time::Clock;
+use crate::http::api::videos::render_response;
 use crate::http::{api_app, public_app};
 use crate::reconcile::Reconciler;
 use crate::state::AppState;
@@ -86,6 +87,18 @@ impl Service {
             );
         }
         let state = AppState::new(config, store, clock)?;
+        // A crash mid-submission leaves records whose Generate call may have reached Pictory.
+        let recovered = state
+            .store
+            .recover_submissions(&|job| render_response(job, &[]), state.now_ms())
+            .await
+            .context("cannot recover interrupted submissions")?;
+        for job in &recovered {
+            tracing::warn!(
+                submission_id = job.submission_id.as_deref().unwrap_or("-"),
+                "submission was interrupted by a restart; it is submit_unknown and will not be retried"
+            );
+        }
         Ok(Service { state })
     }
 

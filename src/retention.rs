@@ -10,6 +10,21 @@ pub const BATCH: u32 = 500;
 /// Pause between sweeps once nothing is left to prune.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
+/// How long an Idempotency-Key is remembered.
+pub const IDEMPOTENCY_KEY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// Forgets idempotency keys older than a day.
+pub async fn sweep_keys(state: &AppState) -> u64 {
+    let before = state.now_ms().saturating_sub(IDEMPOTENCY_KEY_TTL_MS);
+    match state.store.prune_idempotency_keys(before).await {
+        Ok(pruned) => pruned,
+        Err(err) => {
+            tracing::warn!(error = %err, "pruning idempotency keys failed; will retry");
+            0
+        }
+    }
+}
+
 /// Clears every body older than the retention period; returns how many.
 pub async fn sweep(state: &AppState) -> u64 {
     let retention =
@@ -40,6 +55,10 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         let pruned = sweep(&state).await;
         if pruned > 0 {
             tracing::info!(pruned, "pruned old delivery bodies");
+        }
+        let keys = sweep_keys(&state).await;
+        if keys > 0 {
+            tracing::info!(keys, "forgot idempotency keys older than a day");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -62,6 +62,18 @@ CREATE INDEX deliveries_by_job ON deliveries (job_pk, id);
 CREATE INDEX deliveries_by_outcome ON deliveries (outcome, id);
 CREATE INDEX deliveries_with_body ON deliveries (received_at) WHERE body IS NOT NULL;
 
+-- Idempotency-Key of POST /v1/videos: the first request's fingerprint and, once it is answered,
+-- its exact response (kept at least 24 hours).
+CREATE TABLE idempotency_keys (
+    key         TEXT PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    job_pk      INTEGER NOT NULL REFERENCES jobs (id),
+    status_code INTEGER,
+    response    TEXT,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+
 -- A row /readyz rewrites to prove the database takes writes.
 CREATE TABLE heartbeat (
     id INTEGER PRIMARY KEY CHECK (id = 1),

@@ -98,12 +98,14 @@ pub struct GetCall {
     pub status: u16,
 }
 
-/// An exact answer queued by a test for the next Get Job call.
-#[derive(Debug, Clone)]
+/// An exact answer queued by a test for the next call.
+#[derive(Debug, Clone, Default)]
 pub struct Forced {
     pub status: u16,
     pub retry_after: Option<String>,
     pub body: String,
+    /// Wait this long before answering (longer than the client's timeout: "timeout after sending").
+    pub delay: Duration,
 }
 
 struct Inner {
@@ -111,7 +113,9 @@ struct Inner {
     jobs: Mutex<HashMap<String, MockJob>>,
     get_calls: Mutex<Vec<GetCall>>,
     forced: Mutex<VecDeque<Forced>>,
+    forced_generate: Mutex<VecDeque<Forced>>,
     generate_calls: AtomicUsize,
+    generate_attempts: AtomicUsize,
     webhooks_sent: AtomicUsize,
     rng: Mutex<StdRng>,
     clock: Arc<dyn Clock>,
@@ -141,7 +145,9 @@ impl MockPictory {
                 jobs: Mutex::default(),
                 get_calls: Mutex::default(),
                 forced: Mutex::default(),
+                forced_generate: Mutex::default(),
                 generate_calls: AtomicUsize::new(0),
+                generate_attempts: AtomicUsize::new(0),
                 webhooks_sent: AtomicUsize::new(0),
                 rng: Mutex::new(rng),
                 clock,
@@ -208,6 +214,11 @@ impl MockPictory {
         lock(&self.inner.forced).push_back(forced);
     }
 
+    /// Queues an exact answer for the next Generate Video call.
+    pub fn force_next_generate(&self, forced: Forced) {
+        lock(&self.inner.forced_generate).push_back(forced);
+    }
+
     pub fn job(&self, id: &str) -> Option<MockJob> {
         lock(&self.inner.jobs).get(id).cloned()
     }
@@ -220,8 +231,14 @@ impl MockPictory {
         lock(&self.inner.get_calls).clone()
     }
 
+    /// Jobs the fake created (each one costs the user credits).
     pub fn generate_calls(&self) -> usize {
         self.inner.generate_calls.load(Ordering::SeqCst)
+    }
+
+    /// Generate requests received, whatever the answer.
+    pub fn generate_attempts(&self) -> usize {
+        self.inner.generate_attempts.load(Ordering::SeqCst)
     }
 
     pub fn webhooks_sent(&self) -> usize {

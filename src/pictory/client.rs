@@ -75,6 +75,28 @@ impl GetJob {
     }
 }
 
+/// What one Generate Video call did, classified by whether a paid job may exist.
+#[derive(Debug, Clone)]
+pub enum Generate {
+    /// Pictory created the job.
+    Created { job_id: String },
+    /// Pictory refused the request (4xx other than 429): nothing was created.
+    Rejected {
+        http_status: u16,
+        code: Option<String>,
+        message: String,
+        /// `(field, message)` pairs from Pictory's `fields`.
+        fields: Vec<(String, String)>,
+    },
+    /// Certainly nothing was created (connection refused, 429, 503): safe to try again.
+    NothingCreated {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// A job may or may not exist (timeout after sending, 500, reset, unreadable answer).
+    Ambiguous { reason: String },
+}
+
 #[derive(Clone)]
 pub struct PictoryClient {
     http: reqwest::Client,
@@ -116,6 +138,92 @@ impl PictoryClient {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
+    }
+
+    /// `POST /v1/aistudio/videos`, classified. Never retried here: the caller decides.
+    pub async fn generate(&self, body: &Value) -> Generate {
+        let sent = self
+            .http
+            .post(self.url("/v1/aistudio/videos"))
+            .json(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            // A refused or failed connection never carried the request.
+            Err(err) if err.is_connect() => {
+                return Generate::NothingCreated {
+                    reason: describe(&err),
+                    retry_after: None,
+                }
+            }
+            Err(err) => {
+                return Generate::Ambiguous {
+                    reason: describe(&err),
+                }
+            }
+        };
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let text = match response.text().await {
+            Ok(text) => text,
+            Err(err) => {
+                return Generate::Ambiguous {
+                    reason: format!("HTTP {status}, body unreadable: {}", describe(&err)),
+                }
+            }
+        };
+        let json: Option<Value> = serde_json::from_str(&text).ok();
+        match status {
+            s if s.is_success() => {
+                let job_id = json.as_ref().and_then(|j| JobReport::from_json(j).job_id);
+                match job_id {
+                    Some(job_id) => Generate::Created { job_id },
+                    None => Generate::Ambiguous {
+                        reason: format!("HTTP {status} without a job id"),
+                    },
+                }
+            }
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                Generate::NothingCreated {
+                    reason: format!("HTTP {status}"),
+                    retry_after,
+                }
+            }
+            s if s.is_client_error() => {
+                let field =
+                    |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+                let fields = json
+                    .as_ref()
+                    .and_then(|j| j.get("fields"))
+                    .and_then(Value::as_array)
+                    .map(|list| {
+                        list.iter()
+                            .map(|f| {
+                                let errors = match f.get("errors") {
+                                    Some(Value::String(text)) => text.clone(),
+                                    Some(other) => other.to_string(),
+                                    None => String::new(),
+                                };
+                                (field(f, "name").unwrap_or_default(), errors)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Generate::Rejected {
+                    http_status: status.as_u16(),
+                    code: json.as_ref().and_then(|j| field(j, "code")),
+                    message: json
+                        .as_ref()
+                        .and_then(|j| field(j, "message"))
+                        .unwrap_or_else(|| format!("Pictory answered HTTP {status}")),
+                    fields,
+                }
+            }
+            _ => Generate::Ambiguous {
+                reason: format!("HTTP {status}"),
+            },
+        }
     }
 
     /// `GET /v1/jobs/{id}`, classified.

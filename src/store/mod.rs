@@ -1,7 +1,7 @@
 //! Durable storage behind one small trait, so handlers never see which database is underneath.
 
 use crate::domain::{Cause, Job, JobEvent, JobStatus};
-use crate::pictory::ReportedState;
+use crate::pictory::{JobError, ReportedState};
 use async_trait::async_trait;
 use serde_json::Value;
 
@@ -159,6 +159,33 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<Registered, StoreError>;
 
+    /// Records a submission (and claims its idempotency key) before Pictory is called.
+    async fn begin_submission(
+        &self,
+        submission: NewSubmission,
+        now: i64,
+    ) -> Result<Begun, StoreError>;
+    /// Where an idempotency key stands.
+    async fn idempotency_key(&self, key: &str) -> Result<KeyState, StoreError>;
+    /// Records how the Generate call ended and saves the key's response, in one transaction.
+    async fn finish_submission(
+        &self,
+        submission_id: &str,
+        outcome: SubmitOutcome,
+        first_poll_at: Option<i64>,
+        render: &RenderResponse,
+        now: i64,
+    ) -> Result<Job, StoreError>;
+    /// After a crash: submissions left `submitting` may or may not have reached Pictory, so
+    /// they become `submit_unknown` (never retried). Returns them.
+    async fn recover_submissions(
+        &self,
+        render: &RenderResponse,
+        now: i64,
+    ) -> Result<Vec<Job>, StoreError>;
+    /// Forgets idempotency keys made before `before`.
+    async fn prune_idempotency_keys(&self, before: i64) -> Result<u64, StoreError>;
+
     /// Leases up to `limit` jobs whose poll is due at `now` (webhook "look now" first) until
     /// `lease_until`, so no other poller takes them meanwhile.
     async fn claim_due(
@@ -236,6 +263,72 @@ pub enum PollOutcome {
     /// Nothing usable: throttled, server error, network, auth.
     NoAnswer,
 }
+
+/// A submission, recorded before Pictory is called.
+#[derive(Debug, Clone)]
+pub struct NewSubmission {
+    pub submission_id: String,
+    /// The Generate Video fields, without jobhook's webhook URL.
+    pub request: Value,
+    pub metadata: Option<Value>,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// SHA-256 of the canonical request body.
+    pub fingerprint: Vec<u8>,
+}
+
+/// What recording a submission found.
+#[derive(Debug, Clone)]
+pub enum Begun {
+    /// New: recorded as `submitting`; go and call Pictory.
+    Started(Box<Job>),
+    /// The key was answered before: answer exactly this again.
+    Replay { status: u16, body: String },
+    /// The key's first request is still in flight.
+    InFlight,
+    /// The key was used with another body.
+    KeyReused,
+}
+
+/// Where an idempotency key stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    Answered {
+        status: u16,
+        body: String,
+    },
+    InFlight,
+    /// Never used, expired, or released after a failure that created nothing.
+    Missing,
+}
+
+/// How the Generate call ended.
+#[derive(Debug, Clone)]
+pub enum SubmitOutcome {
+    Created {
+        job_id: String,
+    },
+    /// Pictory refused it (4xx): `submit_failed`.
+    Rejected {
+        error: JobError,
+    },
+    /// Maybe created: `submit_unknown`, never retried automatically.
+    Unknown {
+        reason: String,
+    },
+    /// Certainly not created, retries exhausted: `submit_failed`, and the key is released so
+    /// the client may try again with it.
+    NothingCreated {
+        error: JobError,
+    },
+}
+
+/// Renders the response an idempotency key replays: status code and body.
+pub type RenderResponse = dyn Fn(&Job) -> (u16, String) + Send + Sync;
 
 /// How many 404s in a row make a job `not_found`.
 pub const NOT_FOUND_AFTER: i64 = 3;

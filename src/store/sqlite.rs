@@ -2,9 +2,9 @@
 //! cheaper than busy-waiting on the file lock) and a pool of readers that never wait behind it (WAL).
 
 use super::{
-    Claimed, Cursor, Delivery, DeliveryFilter, DeliveryOutcome, DeliveryTarget, Ingested,
-    JobFilter, NewDelivery, Page, PollOutcome, PollRecord, Registered, ReplayInput, Replayed,
-    Store, StoreError, NOT_FOUND_AFTER,
+    Begun, Claimed, Cursor, Delivery, DeliveryFilter, DeliveryOutcome, DeliveryTarget, Ingested,
+    JobFilter, KeyState, NewDelivery, NewSubmission, Page, PollOutcome, PollRecord, Registered,
+    RenderResponse, ReplayInput, Replayed, Store, StoreError, SubmitOutcome, NOT_FOUND_AFTER,
 };
 use crate::domain::{plan_report, Cause, Job, JobEvent, JobStatus, ReportPlan};
 use crate::pictory::ReportedState;
@@ -234,6 +234,18 @@ async fn apply_plan(
     cause: Cause,
     now: i64,
 ) -> Result<(), StoreError> {
+    apply_plan_noting(tx, job, plan, cause, None, now).await
+}
+
+/// [`apply_plan`], with a reason written next to the move in the history.
+async fn apply_plan_noting(
+    tx: &mut Tx<'_>,
+    job: &Job,
+    plan: &ReportPlan,
+    cause: Cause,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
     let ReportPlan::Move {
         to,
         output,
@@ -267,15 +279,87 @@ async fn apply_plan(
     .bind(job.pk)
     .execute(&mut **tx)
     .await?;
-    append_event(
-        tx,
-        job.pk,
-        "status_changed",
-        json!({"from": job.status.as_str(), "to": to.as_str(), "cause": cause.as_str()}),
-        now,
-    )
-    .await?;
+    let mut detail =
+        json!({"from": job.status.as_str(), "to": to.as_str(), "cause": cause.as_str()});
+    if let Some(reason) = reason {
+        detail["reason"] = json!(reason);
+    }
+    append_event(tx, job.pk, "status_changed", detail, now).await?;
     Ok(())
+}
+
+/// Records how a submission's Generate call ended, and the response its key replays.
+async fn finish_one(
+    tx: &mut Tx<'_>,
+    pk: i64,
+    outcome: SubmitOutcome,
+    first_poll_at: Option<i64>,
+    render: &RenderResponse,
+    now: i64,
+) -> Result<Job, StoreError> {
+    let job = job_by_pk(tx, pk).await?;
+    let (to, error, reason) = match &outcome {
+        SubmitOutcome::Created { job_id } => {
+            // A Pictory id held by another row (a webhook that beat us with the generic URL)
+            // stays there; this record then cannot be polled and says why.
+            // A webhook that arrived before this answer may already have set the id, and asked
+            // for a look now; both are kept.
+            let taken = sqlx::query(
+                "UPDATE jobs SET job_id = $1, \
+                 next_poll_at = CASE WHEN poll_priority = 1 THEN next_poll_at ELSE $2 END \
+                 WHERE id = $3 AND NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1 AND id <> $3)",
+            )
+            .bind(job_id)
+            .bind(first_poll_at)
+            .bind(pk)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+                == 0;
+            if taken {
+                (
+                    JobStatus::SubmitUnknown,
+                    None,
+                    Some(format!(
+                        "job id {job_id} is already tracked by another record"
+                    )),
+                )
+            } else {
+                (JobStatus::Pending, None, None)
+            }
+        }
+        SubmitOutcome::Rejected { error } => (JobStatus::SubmitFailed, Some(error.clone()), None),
+        SubmitOutcome::NothingCreated { error } => {
+            sqlx::query("DELETE FROM idempotency_keys WHERE job_pk = $1")
+                .bind(pk)
+                .execute(&mut **tx)
+                .await?;
+            (JobStatus::SubmitFailed, Some(error.clone()), None)
+        }
+        SubmitOutcome::Unknown { reason } => (JobStatus::SubmitUnknown, None, Some(reason.clone())),
+    };
+    if job.status.can_move_to(to) {
+        let plan = ReportPlan::Move {
+            to,
+            output: None,
+            error,
+            resolved_by: None,
+        };
+        apply_plan_noting(tx, &job, &plan, Cause::Api, reason.as_deref(), now).await?;
+    }
+    let job = job_by_pk(tx, pk).await?;
+    if !matches!(outcome, SubmitOutcome::NothingCreated { .. }) {
+        let (status, body) = render(&job);
+        sqlx::query(
+            "UPDATE idempotency_keys SET status_code = $1, response = $2 WHERE job_pk = $3",
+        )
+        .bind(i64::from(status))
+        .bind(body)
+        .bind(pk)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(job)
 }
 
 /// A move with nothing but the new status (not found, timed out).
@@ -797,6 +881,129 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(status, count)| Ok((status.parse().map_err(corrupt)?, count)))
             .collect()
+    }
+
+    async fn begin_submission(
+        &self,
+        submission: NewSubmission,
+        now: i64,
+    ) -> Result<Begun, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let pk: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (submission_id, status, request, metadata, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
+        )
+        .bind(&submission.submission_id)
+        .bind(JobStatus::Submitting.as_str())
+        .bind(submission.request.to_string())
+        .bind(submission.metadata.as_ref().map(Value::to_string))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(idempotency) = &submission.idempotency {
+            // The key is claimed by a constraint, so two concurrent twins cannot both start.
+            let claimed: Option<String> = sqlx::query_scalar(
+                "INSERT INTO idempotency_keys (key, fingerprint, job_pk, created_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING key",
+            )
+            .bind(&idempotency.key)
+            .bind(&idempotency.fingerprint)
+            .bind(pk)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if claimed.is_none() {
+                // Not ours: drop the row we just made and report what the key holds.
+                tx.rollback().await?;
+                let existing: (Vec<u8>, Option<i64>, Option<String>) = sqlx::query_as(
+                    "SELECT fingerprint, status_code, response FROM idempotency_keys WHERE key = $1",
+                )
+                .bind(&idempotency.key)
+                .fetch_one(&self.writer)
+                .await?;
+                return Ok(match existing {
+                    (fingerprint, _, _) if fingerprint != idempotency.fingerprint => {
+                        Begun::KeyReused
+                    }
+                    (_, Some(status), Some(body)) => Begun::Replay {
+                        status: u16::try_from(status).map_err(corrupt)?,
+                        body,
+                    },
+                    _ => Begun::InFlight,
+                });
+            }
+        }
+        let mut detail = json!({"cause": "api"});
+        if let Some(idempotency) = &submission.idempotency {
+            detail["idempotency_key"] = json!(idempotency.key);
+        }
+        append_event(&mut tx, pk, "submitted", detail, now).await?;
+        let job = job_by_pk(&mut tx, pk).await?;
+        tx.commit().await?;
+        Ok(Begun::Started(Box::new(job)))
+    }
+
+    async fn idempotency_key(&self, key: &str) -> Result<KeyState, StoreError> {
+        let row: Option<(Option<i64>, Option<String>)> =
+            sqlx::query_as("SELECT status_code, response FROM idempotency_keys WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.reader)
+                .await?;
+        match row {
+            Some((Some(status), Some(body))) => Ok(KeyState::Answered {
+                status: u16::try_from(status).map_err(corrupt)?,
+                body,
+            }),
+            Some(_) => Ok(KeyState::InFlight),
+            None => Ok(KeyState::Missing),
+        }
+    }
+
+    async fn finish_submission(
+        &self,
+        submission_id: &str,
+        outcome: SubmitOutcome,
+        first_poll_at: Option<i64>,
+        render: &RenderResponse,
+        now: i64,
+    ) -> Result<Job, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let pk: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE submission_id = $1")
+            .bind(submission_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let job = finish_one(&mut tx, pk, outcome, first_poll_at, render, now).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn recover_submissions(
+        &self,
+        render: &RenderResponse,
+        now: i64,
+    ) -> Result<Vec<Job>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let stuck: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE status = $1")
+            .bind(JobStatus::Submitting.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut recovered = Vec::with_capacity(stuck.len());
+        for pk in stuck {
+            let outcome = SubmitOutcome::Unknown {
+                reason: "jobhook stopped while the Generate call was in flight".into(),
+            };
+            recovered.push(finish_one(&mut tx, pk, outcome, None, render, now).await?);
+        }
+        tx.commit().await?;
+        Ok(recovered)
+    }
+
+    async fn prune_idempotency_keys(&self, before: i64) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.writer)
+            .await?;
+        Ok(result.rows_affected())
     }
 
     async fn claim_due(

@@ -225,8 +225,16 @@ async fn a_registration_survives_kill_9_before_its_first_poll() {
     assert!(mock.get_calls().is_empty(), "killed before the first poll");
 
     let service = start_with(&db, &env).await;
-    let job: Value = service.get("/v1/jobs/crash-poll?wait=20s").await.json().await.unwrap();
-    assert_eq!(job["status"], "completed", "the scheduled poll survived the crash: {job}");
+    let job: Value = service
+        .get("/v1/jobs/crash-poll?wait=20s")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        job["status"], "completed",
+        "the scheduled poll survived the crash: {job}"
+    );
     assert_eq!(job["resolved_by"], "poll");
     assert_eq!(mock.get_calls().len(), 1);
 }

@@ -8,8 +8,9 @@ use jobhook::domain::{Job, JobEvent, JobStatus};
 use jobhook::mock::{MockOptions, MockPictory};
 use jobhook::state::AppState;
 use jobhook::store::{
-    self, Claimed, Cursor, Delivery, DeliveryFilter, Ingested, JobFilter, NewDelivery, Page,
-    PollRecord, Registered, ReplayInput, Replayed, Store, StoreError,
+    self, Begun, Claimed, Cursor, Delivery, DeliveryFilter, Ingested, JobFilter, KeyState,
+    NewDelivery, NewSubmission, Page, PollRecord, Registered, RenderResponse, ReplayInput,
+    Replayed, Store, StoreError, SubmitOutcome,
 };
 use reqwest::{Client, Response};
 use secrecy::SecretString;
@@ -386,6 +387,40 @@ impl Store for FaultyStore {
         self.inner
             .register(job_id, metadata, first_poll_at, now)
             .await
+    }
+    async fn begin_submission(
+        &self,
+        submission: NewSubmission,
+        now: i64,
+    ) -> Result<Begun, StoreError> {
+        self.faults.check()?;
+        self.inner.begin_submission(submission, now).await
+    }
+    async fn idempotency_key(&self, key: &str) -> Result<KeyState, StoreError> {
+        self.inner.idempotency_key(key).await
+    }
+    async fn finish_submission(
+        &self,
+        submission_id: &str,
+        outcome: SubmitOutcome,
+        first_poll_at: Option<i64>,
+        render: &RenderResponse,
+        now: i64,
+    ) -> Result<Job, StoreError> {
+        self.faults.check()?;
+        self.inner
+            .finish_submission(submission_id, outcome, first_poll_at, render, now)
+            .await
+    }
+    async fn recover_submissions(
+        &self,
+        render: &RenderResponse,
+        now: i64,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.inner.recover_submissions(render, now).await
+    }
+    async fn prune_idempotency_keys(&self, before: i64) -> Result<u64, StoreError> {
+        self.inner.prune_idempotency_keys(before).await
     }
     async fn claim_due(
         &self,

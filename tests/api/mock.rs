@@ -22,12 +22,30 @@ async fn the_key_goes_bare_and_must_look_like_a_pictory_key() {
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 401, "{key:?}");
-        assert_eq!(response.json::<Value>().await.unwrap(), json!({"message": "Unauthorized"}));
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            json!({"message": "Unauthorized"})
+        );
     }
-    let unknown = client.get(format!("{base}/v1/jobs/x")).header("authorization", "pictai_x").send().await.unwrap();
+    let unknown = client
+        .get(format!("{base}/v1/jobs/x"))
+        .header("authorization", "pictai_x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 404);
-    let pinned = fake(MockOptions { api_key: Some("pictai_only".into()), ..MockOptions::default() }).await.1;
-    let wrong = client.get(format!("{pinned}/v1/jobs/x")).header("authorization", "pictai_other").send().await.unwrap();
+    let pinned = fake(MockOptions {
+        api_key: Some("pictai_only".into()),
+        ..MockOptions::default()
+    })
+    .await
+    .1;
+    let wrong = client
+        .get(format!("{pinned}/v1/jobs/x"))
+        .header("authorization", "pictai_other")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
 }
 
@@ -42,15 +60,24 @@ async fn generate_refuses_what_pictory_refuses_and_accepts_the_rest() {
             .json(&body)
             .send()
     };
-    let bad = post(json!({"prompt": "hi", "model": "veo3.1", "aspectRatio": "1:1"})).await.unwrap();
+    let bad = post(json!({"prompt": "hi", "model": "veo3.1", "aspectRatio": "1:1"}))
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
     let body: Value = bad.json().await.unwrap();
     assert_eq!(body["code"], "INVALID_REQUEST_BODY");
-    let fields: Vec<&str> = body["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
     assert_eq!(fields, ["prompt", "aspectRatio"]);
     assert_eq!(mock.generate_calls(), 0);
 
-    let ok = post(json!({"prompt": "a calm lake at dawn", "model": "veo3.1", "duration": "8s"})).await.unwrap();
+    let ok = post(json!({"prompt": "a calm lake at dawn", "model": "veo3.1", "duration": "8s"}))
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     let body: Value = ok.json().await.unwrap();
     assert_eq!(body["success"], true);
@@ -66,24 +93,56 @@ async fn generate_refuses_what_pictory_refuses_and_accepts_the_rest() {
         .json()
         .await
         .unwrap();
-    assert_eq!(status, json!({"job_id": id, "success": true, "data": {"status": "in-progress"}}));
+    assert_eq!(
+        status,
+        json!({"job_id": id, "success": true, "data": {"status": "in-progress"}})
+    );
 }
 
 #[tokio::test]
 async fn throttling_and_errors_follow_their_rates() {
-    let (mock, base) = fake(MockOptions { throttle_rate: 1.0, retry_after_secs: 9, ..MockOptions::default() }).await;
+    let (mock, base) = fake(MockOptions {
+        throttle_rate: 1.0,
+        retry_after_secs: 9,
+        ..MockOptions::default()
+    })
+    .await;
     mock.set_state("j", jobhook::mock::MockState::Completed);
     let client = reqwest::Client::new();
-    let response = client.get(format!("{base}/v1/jobs/j")).header("authorization", "pictai_x").send().await.unwrap();
+    let response = client
+        .get(format!("{base}/v1/jobs/j"))
+        .header("authorization", "pictai_x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "9");
-    mock.set_options(MockOptions { error_rate: 1.0, ..MockOptions::default() });
-    let response = client.get(format!("{base}/v1/jobs/j")).header("authorization", "pictai_x").send().await.unwrap();
+    mock.set_options(MockOptions {
+        error_rate: 1.0,
+        ..MockOptions::default()
+    });
+    let response = client
+        .get(format!("{base}/v1/jobs/j"))
+        .header("authorization", "pictai_x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 500);
     mock.set_options(MockOptions::default());
-    let response = client.get(format!("{base}/v1/jobs/j")).header("authorization", "pictai_x").send().await.unwrap();
+    let response = client
+        .get(format!("{base}/v1/jobs/j"))
+        .header("authorization", "pictai_x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(mock.get_calls().iter().map(|c| c.status).collect::<Vec<_>>(), [429, 500, 200]);
+    assert_eq!(
+        mock.get_calls()
+            .iter()
+            .map(|c| c.status)
+            .collect::<Vec<_>>(),
+        [429, 500, 200]
+    );
 }
 
 #[test]
@@ -93,8 +152,19 @@ fn the_mock_pictory_command_has_its_knobs() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
-    for knob in ["--listen", "--api-key", "--job-duration", "--failure-rate", "--drop-rate", "--duplicate-rate",
-        "--reorder-rate", "--webhook-delay", "--throttle-rate", "--retry-after", "--error-rate"] {
+    for knob in [
+        "--listen",
+        "--api-key",
+        "--job-duration",
+        "--failure-rate",
+        "--drop-rate",
+        "--duplicate-rate",
+        "--reorder-rate",
+        "--webhook-delay",
+        "--throttle-rate",
+        "--retry-after",
+        "--error-rate",
+    ] {
         assert!(help.contains(knob), "{knob} missing from:\n{help}");
     }
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_jobhook"))

@@ -126,6 +126,7 @@ async fn refresh_asks_pictory_now() {
         status: 429,
         retry_after: Some("60".into()),
         body: String::new(),
+        ..Default::default()
     });
     assert_eq!(app.post_empty("/v1/jobs/rf2/refresh").await.status(), 200);
     let throttled = app.post_empty("/v1/jobs/rf2/refresh").await;
@@ -158,6 +159,7 @@ async fn readyz_says_why_polling_is_paused_and_metrics_count_calls() {
         status: 401,
         retry_after: None,
         body: "{\"message\":\"Unauthorized\"}".into(),
+        ..Default::default()
     });
     app.post_empty("/v1/jobs/auth/refresh").await;
     let ready = app.get("/readyz").await;
@@ -227,5 +229,8 @@ async fn jobs_run_on_the_fake_end_to_end_with_misbehaving_webhooks() {
         assert_eq!(job["status"], expected, "{id}");
         assert_eq!(job["resolved_by"], "webhook");
     }
-    assert!(app.mock().webhooks_sent() > ids.len(), "the fake duplicated and reordered some");
+    assert!(
+        app.mock().webhooks_sent() > ids.len(),
+        "the fake duplicated and reordered some"
+    );
 }

@@ -252,6 +252,7 @@ async fn retry_after_on_429_holds_every_poll_back() {
         status: 429,
         retry_after: Some("30".into()),
         body: String::new(),
+        ..Default::default()
     });
     h.clock.set_ms(START_MS + GRACE + 10);
     let wake = h.step().await;
@@ -287,6 +288,7 @@ async fn server_errors_reschedule_after_their_retry_after() {
         status: 503,
         retry_after: Some("200".into()),
         body: String::new(),
+        ..Default::default()
     });
     h.clock.set_ms(START_MS + GRACE);
     h.step().await;
@@ -305,6 +307,7 @@ async fn auth_failure_pauses_all_polling_until_a_probe_succeeds() {
         status: 403,
         retry_after: None,
         body: "error code: 1010".into(),
+        ..Default::default()
     });
     let paused_at = START_MS + GRACE;
     h.clock.set_ms(paused_at);
@@ -326,6 +329,7 @@ async fn auth_failure_pauses_all_polling_until_a_probe_succeeds() {
         status: 401,
         retry_after: None,
         body: "{\"message\":\"Unauthorized\"}".into(),
+        ..Default::default()
     });
     h.clock.set_ms(paused_at + INTERVAL);
     h.step().await;

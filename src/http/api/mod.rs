@@ -3,6 +3,7 @@
 pub mod deliveries;
 pub mod jobs;
 pub mod ops;
+pub mod videos;
 
 use crate::http::error::ApiError;
 use crate::state::AppState;
@@ -23,6 +24,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/jobs/{id}/events", get(jobs::get_events))
         .route("/v1/jobs/{id}/refresh", post(jobs::refresh_job))
         .route("/v1/webhook-url", get(jobs::webhook_url))
+        .route("/v1/videos", post(videos::submit_video))
         .route("/v1/deliveries", get(deliveries::list_deliveries))
         .route("/v1/deliveries/{id}", get(deliveries::get_delivery))
         .route(
@@ -66,7 +68,7 @@ async fn require_token(
     info(title = "jobhook private API", description = "Jobs, deliveries and operations of a jobhook instance."),
     paths(
         jobs::register_job, jobs::list_jobs, jobs::get_job, jobs::get_raw, jobs::get_events,
-        jobs::refresh_job, jobs::webhook_url, deliveries::list_deliveries, deliveries::get_delivery,
+        jobs::refresh_job, jobs::webhook_url, videos::submit_video, deliveries::list_deliveries, deliveries::get_delivery,
         deliveries::replay_delivery, ops::readyz, ops::metrics,
     ),
     modifiers(&BearerAuth),
