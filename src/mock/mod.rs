@@ -116,6 +116,8 @@ struct Inner {
     forced_generate: Mutex<VecDeque<Forced>>,
     generate_calls: AtomicUsize,
     generate_attempts: AtomicUsize,
+    /// Woken on every Generate request, for tests that must act while one is in flight.
+    generate_seen: tokio::sync::Notify,
     webhooks_sent: AtomicUsize,
     rng: Mutex<StdRng>,
     clock: Arc<dyn Clock>,
@@ -148,6 +150,7 @@ impl MockPictory {
                 forced_generate: Mutex::default(),
                 generate_calls: AtomicUsize::new(0),
                 generate_attempts: AtomicUsize::new(0),
+                generate_seen: tokio::sync::Notify::new(),
                 webhooks_sent: AtomicUsize::new(0),
                 rng: Mutex::new(rng),
                 clock,
@@ -239,6 +242,17 @@ impl MockPictory {
     /// Generate requests received, whatever the answer.
     pub fn generate_attempts(&self) -> usize {
         self.inner.generate_attempts.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once at least `n` Generate requests have arrived.
+    pub async fn wait_for_generate_attempts(&self, n: usize) {
+        loop {
+            let seen = self.inner.generate_seen.notified();
+            if self.generate_attempts() >= n {
+                return;
+            }
+            seen.await;
+        }
     }
 
     pub fn webhooks_sent(&self) -> usize {
@@ -343,11 +357,28 @@ fn unauthorised() -> Response {
         .into_response()
 }
 
+/// Answers a queued [`Forced`] (after its delay), if one is waiting.
+async fn forced_answer(queue: &Mutex<VecDeque<Forced>>) -> Option<Response> {
+    let forced = lock(queue).pop_front()?;
+    tokio::time::sleep(forced.delay).await;
+    let status = StatusCode::from_u16(forced.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, forced.body).into_response();
+    if let Some(retry) = forced.retry_after.and_then(|r| r.parse().ok()) {
+        response.headers_mut().insert("retry-after", retry);
+    }
+    Some(response)
+}
+
 async fn generate(
     State(mock): State<MockPictory>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    mock.inner.generate_attempts.fetch_add(1, Ordering::SeqCst);
+    mock.inner.generate_seen.notify_waiters();
+    if let Some(response) = forced_answer(&mock.inner.forced_generate).await {
+        return response;
+    }
     if !mock.authorised(&headers) {
         return unauthorised();
     }
@@ -406,7 +437,10 @@ async fn get_job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let response = answer_get_job(&mock, &id, &headers);
+    let response = match forced_answer(&mock.inner.forced).await {
+        Some(response) => response,
+        None => answer_get_job(&mock, &id, &headers),
+    };
     lock(&mock.inner.get_calls).push(GetCall {
         job_id: id,
         at_ms: mock.inner.clock.now_ms(),
@@ -416,15 +450,6 @@ async fn get_job(
 }
 
 fn answer_get_job(mock: &MockPictory, id: &str, headers: &HeaderMap) -> Response {
-    if let Some(forced) = lock(&mock.inner.forced).pop_front() {
-        let status =
-            StatusCode::from_u16(forced.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, forced.body).into_response();
-        if let Some(retry) = forced.retry_after.and_then(|r| r.parse().ok()) {
-            response.headers_mut().insert("retry-after", retry);
-        }
-        return response;
-    }
     if !mock.authorised(headers) {
         return unauthorised();
     }

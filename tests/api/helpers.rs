@@ -186,13 +186,25 @@ impl TestApp {
     pub async fn restart(mut self) -> TestApp {
         self.stop().await.unwrap();
         let dir = self._dir.take();
-        spawn(Options {
-            configure: Box::new(|_| {}),
+        // The same fake Pictory, if there was one, at the same address.
+        let upstream = self.pictory.as_ref().map(|_| {
+            let config = &self.state.config.pictory;
+            (config.base_url.clone(), config.api_key.clone())
+        });
+        let mut app = spawn(Options {
+            configure: Box::new(move |config| {
+                if let Some((base_url, api_key)) = upstream {
+                    config.pictory.base_url = base_url;
+                    config.pictory.api_key = api_key;
+                }
+            }),
             db: Some((self.db_path.clone(), dir)),
             pictory: None,
             clock: Some(self.clock.clone()),
         })
-        .await
+        .await;
+        app.pictory = self.pictory.take();
+        app
     }
 
     fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

@@ -14,4 +14,5 @@ mod ops;
 mod pictory;
 mod reconcile;
 mod state_machine;
+mod videos;
 mod webhooks;
