@@ -34,6 +34,8 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
+    /// A self-contained tour: a fake Pictory and jobhook on loopback, a batch of videos, a summary.
+    Demo,
     /// Run a fake Pictory (Generate Video and Get Job, with webhooks) for integration tests.
     MockPictory(MockArgs),
 }

@@ -27,6 +27,9 @@ fn main() -> ExitCode {
     if let Command::MockPictory(args) = &cli.command {
         return run_mock(args);
     }
+    if let Command::Demo = &cli.command {
+        return run_demo();
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -66,7 +69,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Healthcheck { .. } | Command::MockPictory(_) => Ok(()),
+            Command::Healthcheck { .. } | Command::MockPictory(_) | Command::Demo => Ok(()),
         }
     });
     match result {
@@ -125,6 +128,23 @@ fn run_mock(args: &jobhook::cli::MockArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("jobhook: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_demo() -> ExitCode {
+    // The tour prints its own story; only warnings from the service itself.
+    jobhook::telemetry::init_with_default(jobhook::config::LogFormat::Text, "warn");
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(jobhook::demo::run()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("jobhook demo: {err:#}");
             ExitCode::FAILURE
         }
     }

@@ -198,3 +198,25 @@ fn healthcheck_fails_when_nothing_listens() {
         .unwrap();
     assert!(!output.status.success());
 }
+
+#[test]
+fn the_demo_runs_offline_and_ends_with_a_summary() {
+    let output = jobhook().arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows = stdout
+        .lines()
+        .filter(|l| l.contains("pixverse5.5") || l.contains("veo3.1"))
+        .count();
+    assert_eq!(rows, 24, "{stdout}");
+    assert!(
+        stdout.contains("fallback poll"),
+        "some webhooks were dropped and found by polling"
+    );
+    assert!(stdout.contains("24 Generate calls"), "{stdout}");
+    assert!(stdout.contains("24 jobs:"));
+}

@@ -238,3 +238,76 @@ async fn a_registration_survives_kill_9_before_its_first_poll() {
     assert_eq!(job["resolved_by"], "poll");
     assert_eq!(mock.get_calls().len(), 1);
 }
+
+#[tokio::test]
+async fn a_submission_killed_mid_call_stays_visible_and_is_never_sent_twice() {
+    use jobhook::domain::time::SystemClock;
+    use jobhook::mock::{Forced, MockOptions, MockPictory};
+
+    let mock = MockPictory::new(MockOptions::default(), std::sync::Arc::new(SystemClock));
+    let base_url = mock.spawn().await.unwrap();
+    // Pictory takes its time answering, and jobhook dies meanwhile.
+    mock.force_next_generate(Forced {
+        status: 200,
+        body: "{\"success\": true, \"data\": {\"jobId\": \"never-seen\"}}".into(),
+        delay: std::time::Duration::from_secs(30),
+        ..Default::default()
+    });
+    let env = [
+        ("JOBHOOK_PICTORY_API_KEY", "pictai_crash_test"),
+        ("JOBHOOK_PICTORY_BASE_URL", base_url.as_str()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("submit.db");
+    let mut service = start_with(&db, &env).await;
+    let body = serde_json::json!({"prompt": "a video worth paying for once"});
+    let request = service
+        .client
+        .post(format!("{}/v1/videos", service.api))
+        .bearer_auth(TOKEN)
+        .header("idempotency-key", "crash-key")
+        .json(&body)
+        .send();
+    let in_flight = tokio::spawn(request);
+    mock.wait_for_generate_attempts(1).await;
+    service.child.kill().await.unwrap();
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the client saw the connection die"
+    );
+
+    let service = start_with(&db, &env).await;
+    let list: Value = service
+        .get("/v1/jobs?status=submit_unknown")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let jobs = list["data"].as_array().unwrap();
+    assert_eq!(
+        jobs.len(),
+        1,
+        "the interrupted submission is visible: {list}"
+    );
+    assert_eq!(
+        jobs[0]["request"]["prompt"],
+        "a video worth paying for once"
+    );
+    let retried = service
+        .client
+        .post(format!("{}/v1/videos", service.api))
+        .bearer_auth(TOKEN)
+        .header("idempotency-key", "crash-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 202, "the retry gets the recorded outcome");
+    let job: Value = retried.json().await.unwrap();
+    assert_eq!(job["submission_id"], jobs[0]["submission_id"]);
+    assert_eq!(
+        mock.generate_attempts(),
+        1,
+        "no second call after the restart"
+    );
+}
