@@ -4,9 +4,10 @@ use crate::config::Config;
 use crate::domain::time::Clock;
 use crate::http::api::videos::render_response;
 use crate::http::{api_app, public_app};
+use crate::notify::Notifier;
 use crate::reconcile::Reconciler;
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::{NotifyRoute, Store};
 use crate::{retention, store};
 use anyhow::Context as _;
 use std::future::{Future, IntoFuture};
@@ -86,6 +87,19 @@ impl Service {
                 "pictory.verify_webhooks is off: job state is taken from unauthenticated webhook bodies"
             );
         }
+        let routes: Vec<NotifyRoute> = config
+            .notify
+            .endpoints
+            .iter()
+            .map(|e| NotifyRoute {
+                url: e.url.clone(),
+                events: e.events.clone(),
+            })
+            .collect();
+        store
+            .set_notify_routes(&routes)
+            .await
+            .context("cannot store the notification routes")?;
         let state = AppState::new(config, store, clock)?;
         // A crash mid-submission leaves records whose Generate call may have reached Pictory.
         let recovered = state
@@ -122,6 +136,17 @@ impl Service {
         if let Some(poller) = &state.poller {
             let reconciler = Reconciler::new(poller.clone());
             tasks.push(tokio::spawn(reconciler.run(stop.child_token())));
+        }
+        let notifier = Notifier::new(
+            &state.config,
+            state.store.clone(),
+            state.clock.clone(),
+            state.metrics.clone(),
+            state.changes.clone(),
+            state.outbox_wake.clone(),
+        )?;
+        if let Some(notifier) = notifier {
+            tasks.push(tokio::spawn(notifier.run(stop.child_token())));
         }
 
         tracing::info!(

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod mock;
+pub mod notify;
 pub mod pictory;
 pub mod reconcile;
 pub mod retention;

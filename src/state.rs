@@ -25,6 +25,8 @@ pub struct Inner {
     pub poller: Option<Arc<Poller>>,
     /// Job changes, for long-polls.
     pub changes: Changes,
+    /// Nudges the notifier when work was queued outside a job change (manual retries).
+    pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Cancelled when the service starts shutting down.
     pub stopping: CancellationToken,
     pub webhook_keys: WebhookKeys,
@@ -88,6 +90,7 @@ impl AppState {
             metrics,
             poller,
             changes,
+            outbox_wake: Arc::new(tokio::sync::Notify::new()),
             stopping: CancellationToken::new(),
             webhook_keys,
             signing_keys,

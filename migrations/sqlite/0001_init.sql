@@ -32,14 +32,56 @@ CREATE INDEX jobs_by_status_seq ON jobs (status, seq);
 CREATE INDEX jobs_by_due ON jobs (poll_priority, next_poll_at) WHERE next_poll_at IS NOT NULL;
 
 -- AUTOINCREMENT: ids are never reused, so they can serve as stream positions.
+-- Status changes double as the event stream (GET /v1/events): their ids are the stream ids, and
+-- `snapshot` keeps the job JSON as it was right after the change.
 CREATE TABLE job_events (
-    id     INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_pk INTEGER NOT NULL REFERENCES jobs (id),
-    at     INTEGER NOT NULL,
-    kind   TEXT NOT NULL,
-    detail TEXT NOT NULL
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_pk   INTEGER NOT NULL REFERENCES jobs (id),
+    at       INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    detail   TEXT NOT NULL,
+    snapshot TEXT
 );
 CREATE INDEX job_events_by_job ON job_events (job_pk, id);
+CREATE INDEX job_changes ON job_events (id) WHERE kind = 'status_changed';
+
+-- The outbox of signed notifications: written in the transaction of the change it announces.
+CREATE TABLE notifications (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint        TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    job_pk          INTEGER NOT NULL REFERENCES jobs (id),
+    change_id       INTEGER NOT NULL REFERENCES job_events (id),
+    -- webhook-id: the same on every attempt
+    message_id      TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'exhausted')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    -- attempts since the last manual retry: the position in notify.retry_schedule
+    round_attempts  INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    UNIQUE (endpoint, change_id, event_type)
+);
+CREATE INDEX notifications_due ON notifications (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX notifications_by_state ON notifications (state, id);
+
+-- Which endpoint wants which event type: rewritten from the configuration at every start.
+CREATE TABLE notify_routes (
+    url        TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    PRIMARY KEY (url, event_type)
+);
+
+-- Endpoints that answered 410 Gone stay disabled until re-enabled through the API.
+CREATE TABLE notify_endpoints (
+    url             TEXT PRIMARY KEY,
+    disabled_at     INTEGER,
+    disabled_reason TEXT
+);
 
 CREATE TABLE deliveries (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,

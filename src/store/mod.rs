@@ -186,6 +186,46 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets idempotency keys made before `before`.
     async fn prune_idempotency_keys(&self, before: i64) -> Result<u64, StoreError>;
 
+    /// The id of the newest status change (0 when there is none).
+    async fn latest_change_id(&self) -> Result<i64, StoreError>;
+    /// Status changes after `after`, oldest first.
+    async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError>;
+
+    /// Replaces the routing of notifications (from the configuration, at start-up).
+    async fn set_notify_routes(&self, routes: &[NotifyRoute]) -> Result<(), StoreError>;
+    /// Leases up to `limit` notifications due at `now` (endpoints not disabled) until `lease_until`.
+    async fn claim_notifications(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// The earliest pending attempt, if any.
+    async fn next_notification_due(&self) -> Result<Option<i64>, StoreError>;
+    /// Records an attempt, in the outbox and in the job's history.
+    async fn record_attempt(
+        &self,
+        id: i64,
+        attempt: Attempt,
+        now: i64,
+    ) -> Result<Notification, StoreError>;
+    async fn notification(&self, id: i64) -> Result<Option<Notification>, StoreError>;
+    async fn list_notifications(
+        &self,
+        state: Option<&str>,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Page<Notification>, StoreError>;
+    /// Puts an exhausted notification back in the queue, with a fresh schedule.
+    async fn retry_notification(
+        &self,
+        id: i64,
+        now: i64,
+    ) -> Result<Option<Notification>, StoreError>;
+    async fn endpoint_states(&self) -> Result<Vec<EndpointState>, StoreError>;
+    /// Re-enables an endpoint disabled by a 410. False when it was not disabled.
+    async fn enable_endpoint(&self, url: &str, now: i64) -> Result<bool, StoreError>;
+
     /// Leases up to `limit` jobs whose poll is due at `now` (webhook "look now" first) until
     /// `lease_until`, so no other poller takes them meanwhile.
     async fn claim_due(
@@ -329,6 +369,71 @@ pub enum SubmitOutcome {
 
 /// Renders the response an idempotency key replays: status code and body.
 pub type RenderResponse = dyn Fn(&Job) -> (u16, String) + Send + Sync;
+
+/// One entry of the change stream: a status change and the job as it was right after it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub id: i64,
+    pub at: i64,
+    pub job_pk: i64,
+    /// The job JSON right after the change.
+    pub snapshot: String,
+}
+
+/// An endpoint and the event types it wants (`[[notify.endpoints]]`).
+#[derive(Debug, Clone)]
+pub struct NotifyRoute {
+    pub url: String,
+    pub events: Vec<String>,
+}
+
+/// A signed notification in the outbox.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    pub id: i64,
+    pub endpoint: String,
+    pub event_type: String,
+    pub job_pk: i64,
+    pub message_id: String,
+    pub payload: String,
+    /// `pending`, `delivered` or `exhausted`.
+    pub state: String,
+    pub attempts: i64,
+    /// Attempts since the last manual retry: the position in the retry schedule.
+    pub round_attempts: i64,
+    pub next_attempt_at: Option<i64>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+/// What one delivery attempt did.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub outcome: AttemptOutcome,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed; try again at this time.
+    RetryAt(i64),
+    /// Failed, and the schedule is used up.
+    Exhausted,
+    /// 410: the endpoint is disabled until re-enabled.
+    Gone,
+}
+
+/// An endpoint's state as the outbox sees it.
+#[derive(Debug, Clone)]
+pub struct EndpointState {
+    pub url: String,
+    pub disabled_at: Option<i64>,
+    pub disabled_reason: Option<String>,
+}
 
 /// How many 404s in a row make a job `not_found`.
 pub const NOT_FOUND_AFTER: i64 = 3;

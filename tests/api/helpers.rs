@@ -8,9 +8,10 @@ use jobhook::domain::{Job, JobEvent, JobStatus};
 use jobhook::mock::{MockOptions, MockPictory};
 use jobhook::state::AppState;
 use jobhook::store::{
-    self, Begun, Claimed, Cursor, Delivery, DeliveryFilter, Ingested, JobFilter, KeyState,
-    NewDelivery, NewSubmission, Page, PollRecord, Registered, RenderResponse, ReplayInput,
-    Replayed, Store, StoreError, SubmitOutcome,
+    self, Attempt, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter, EndpointState,
+    Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification, NotifyRoute, Page,
+    PollRecord, Registered, RenderResponse, ReplayInput, Replayed, Store, StoreError,
+    SubmitOutcome,
 };
 use reqwest::{Client, Response};
 use secrecy::SecretString;
@@ -433,6 +434,64 @@ impl Store for FaultyStore {
     }
     async fn prune_idempotency_keys(&self, before: i64) -> Result<u64, StoreError> {
         self.inner.prune_idempotency_keys(before).await
+    }
+    async fn latest_change_id(&self) -> Result<i64, StoreError> {
+        self.inner.latest_change_id().await
+    }
+    async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        self.inner.changes_after(after, limit).await
+    }
+    async fn set_notify_routes(&self, routes: &[NotifyRoute]) -> Result<(), StoreError> {
+        self.inner.set_notify_routes(routes).await
+    }
+    async fn claim_notifications(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.faults.check()?;
+        self.inner
+            .claim_notifications(now, lease_until, limit)
+            .await
+    }
+    async fn next_notification_due(&self) -> Result<Option<i64>, StoreError> {
+        self.inner.next_notification_due().await
+    }
+    async fn record_attempt(
+        &self,
+        id: i64,
+        attempt: Attempt,
+        now: i64,
+    ) -> Result<Notification, StoreError> {
+        self.faults.check()?;
+        self.inner.record_attempt(id, attempt, now).await
+    }
+    async fn notification(&self, id: i64) -> Result<Option<Notification>, StoreError> {
+        self.inner.notification(id).await
+    }
+    async fn list_notifications(
+        &self,
+        state: Option<&str>,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Page<Notification>, StoreError> {
+        self.inner.list_notifications(state, cursor, limit).await
+    }
+    async fn retry_notification(
+        &self,
+        id: i64,
+        now: i64,
+    ) -> Result<Option<Notification>, StoreError> {
+        self.faults.check()?;
+        self.inner.retry_notification(id, now).await
+    }
+    async fn endpoint_states(&self) -> Result<Vec<EndpointState>, StoreError> {
+        self.inner.endpoint_states().await
+    }
+    async fn enable_endpoint(&self, url: &str, now: i64) -> Result<bool, StoreError> {
+        self.faults.check()?;
+        self.inner.enable_endpoint(url, now).await
     }
     async fn claim_due(
         &self,

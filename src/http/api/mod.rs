@@ -1,7 +1,9 @@
 //! The private listener: REST API under `/v1`, plus `/readyz`, `/metrics` and `/openapi.json`.
 
 pub mod deliveries;
+pub mod events;
 pub mod jobs;
+pub mod notifications;
 pub mod ops;
 pub mod videos;
 
@@ -25,6 +27,21 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/jobs/{id}/refresh", post(jobs::refresh_job))
         .route("/v1/webhook-url", get(jobs::webhook_url))
         .route("/v1/videos", post(videos::submit_video))
+        .route("/v1/events", get(events::events))
+        .route("/v1/notifications", get(notifications::list_notifications))
+        .route(
+            "/v1/notifications/{id}",
+            get(notifications::get_notification),
+        )
+        .route(
+            "/v1/notifications/{id}/retry",
+            post(notifications::retry_notification),
+        )
+        .route("/v1/notify/endpoints", get(notifications::list_endpoints))
+        .route(
+            "/v1/notify/endpoints/enable",
+            post(notifications::enable_endpoint),
+        )
         .route("/v1/deliveries", get(deliveries::list_deliveries))
         .route("/v1/deliveries/{id}", get(deliveries::get_delivery))
         .route(
@@ -68,7 +85,10 @@ async fn require_token(
     info(title = "jobhook private API", description = "Jobs, deliveries and operations of a jobhook instance."),
     paths(
         jobs::register_job, jobs::list_jobs, jobs::get_job, jobs::get_raw, jobs::get_events,
-        jobs::refresh_job, jobs::webhook_url, videos::submit_video, deliveries::list_deliveries, deliveries::get_delivery,
+        jobs::refresh_job, jobs::webhook_url, videos::submit_video,
+        events::events, notifications::list_notifications, notifications::get_notification,
+        notifications::retry_notification, notifications::list_endpoints,
+        notifications::enable_endpoint, deliveries::list_deliveries, deliveries::get_delivery,
         deliveries::replay_delivery, ops::readyz, ops::metrics,
     ),
     modifiers(&BearerAuth),

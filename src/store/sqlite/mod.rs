@@ -2,35 +2,33 @@
 //! cheaper than busy-waiting on the file lock) and a pool of readers that never wait behind it (WAL).
 
 use super::{
-    Begun, Claimed, Cursor, Delivery, DeliveryFilter, DeliveryOutcome, DeliveryTarget, Ingested,
-    JobFilter, KeyState, NewDelivery, NewSubmission, Page, PollOutcome, PollRecord, Registered,
+    Attempt, AttemptOutcome, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
+    DeliveryOutcome, DeliveryTarget, EndpointState, Ingested, JobFilter, KeyState, NewDelivery,
+    NewSubmission, Notification, NotifyRoute, Page, PollOutcome, PollRecord, Registered,
     RenderResponse, ReplayInput, Replayed, Store, StoreError, SubmitOutcome, NOT_FOUND_AFTER,
 };
-use crate::domain::{plan_report, Cause, Job, JobEvent, JobStatus, ReportPlan};
+use crate::domain::{plan_report, Cause, Job, JobEvent, JobStatus};
 use crate::pictory::ReportedState;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod history;
+mod outbox;
+mod rows;
+
+use history::{
+    append_event, apply_plan, ensure_job, finish_one, insert_delivery, job_by_pk, moved_to,
+    record_webhook, resolve_job, WebhookOnJob,
+};
+use outbox::{notification_from_row, NOTIFICATION_COLUMNS};
+use rows::{delivery_from_row, job_from_row, DELIVERY_COLUMNS, DELIVERY_FROM, JOB_COLUMNS};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-const JOB_COLUMNS: &str = "id, job_id, submission_id, status, output, error, metadata, request, \
-    resolved_by, poll_count, created_at, updated_at, completed_at, webhook_received_at, \
-    last_polled_at, next_poll_at, seq";
-
-const DELIVERY_COLUMNS: &str = "d.id, COALESCE(j.job_id, j.submission_id) AS job_ref, \
-    d.received_at, d.outcome, d.reason, d.remote_addr, d.headers, \
-    COALESCE(d.body, o.body) AS body, d.duplicate_of, d.body_size";
-
-const DELIVERY_FROM: &str = "deliveries d LEFT JOIN jobs j ON j.id = d.job_pk \
-    LEFT JOIN deliveries o ON o.id = d.duplicate_of";
-
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -67,419 +65,11 @@ impl SqliteStore {
     }
 }
 
-type Tx<'a> = Transaction<'a, Sqlite>;
+pub(super) type Tx<'a> = Transaction<'a, Sqlite>;
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
-
-fn json_column<T: serde::de::DeserializeOwned>(
-    row: &SqliteRow,
-    column: &str,
-) -> Result<Option<T>, StoreError> {
-    let text: Option<String> = row.try_get(column)?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(format!("{column}: {e}"))))
-        .transpose()
-}
-
-fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
-    let status: String = row.try_get("status")?;
-    Ok(Job {
-        pk: row.try_get("id")?,
-        job_id: row.try_get("job_id")?,
-        submission_id: row.try_get("submission_id")?,
-        status: status.parse().map_err(corrupt)?,
-        output: json_column(row, "output")?,
-        error: json_column(row, "error")?,
-        metadata: json_column(row, "metadata")?,
-        request: json_column(row, "request")?,
-        resolved_by: row.try_get("resolved_by")?,
-        poll_count: row.try_get("poll_count")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        completed_at: row.try_get("completed_at")?,
-        webhook_received_at: row.try_get("webhook_received_at")?,
-        last_polled_at: row.try_get("last_polled_at")?,
-        next_poll_at: row.try_get("next_poll_at")?,
-        seq: row.try_get("seq")?,
-    })
-}
-
-fn delivery_from_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
-    let outcome: String = row.try_get("outcome")?;
-    let headers: String = row.try_get("headers")?;
-    Ok(Delivery {
-        id: row.try_get("id")?,
-        job_id: row.try_get("job_ref")?,
-        received_at: row.try_get("received_at")?,
-        outcome: DeliveryOutcome::parse(&outcome).ok_or_else(|| corrupt(&outcome))?,
-        reason: row.try_get("reason")?,
-        remote_addr: row.try_get("remote_addr")?,
-        headers: serde_json::from_str(&headers).map_err(corrupt)?,
-        body: row.try_get("body")?,
-        duplicate_of: row.try_get("duplicate_of")?,
-        body_size: row.try_get("body_size")?,
-    })
-}
-
-async fn job_by_pk(tx: &mut Tx<'_>, pk: i64) -> Result<Job, StoreError> {
-    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-        .bind(pk)
-        .fetch_one(&mut **tx)
-        .await?;
-    job_from_row(&row)
-}
-
-/// Appends a history entry and makes it the job's newest change.
-async fn append_event(
-    tx: &mut Tx<'_>,
-    job_pk: i64,
-    kind: &str,
-    detail: Value,
-    now: i64,
-) -> Result<i64, StoreError> {
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO job_events (job_pk, at, kind, detail) VALUES ($1, $2, $3, $4) RETURNING id",
-    )
-    .bind(job_pk)
-    .bind(now)
-    .bind(kind)
-    .bind(detail.to_string())
-    .fetch_one(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE jobs SET seq = $1, updated_at = $2 WHERE id = $3")
-        .bind(id)
-        .bind(now)
-        .bind(job_pk)
-        .execute(&mut **tx)
-        .await?;
-    Ok(id)
-}
-
-/// Inserts a job known only by Pictory's id, unless it exists. Returns its row id and whether it is new.
-async fn ensure_job(
-    tx: &mut Tx<'_>,
-    job_id: &str,
-    metadata: Option<&Value>,
-    cause: Cause,
-    first_poll_at: Option<i64>,
-    now: i64,
-) -> Result<(i64, bool), StoreError> {
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO jobs (job_id, status, metadata, created_at, updated_at, next_poll_at) \
-         VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (job_id) DO NOTHING RETURNING id",
-    )
-    .bind(job_id)
-    .bind(JobStatus::Pending.as_str())
-    .bind(metadata.map(Value::to_string))
-    .bind(now)
-    .bind(first_poll_at)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(pk) = inserted {
-        append_event(tx, pk, "registered", json!({"cause": cause.as_str()}), now).await?;
-        return Ok((pk, true));
-    }
-    let pk: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE job_id = $1")
-        .bind(job_id)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok((pk, false))
-}
-
-/// Finds the job a delivery belongs to: the submission its key names first, else the body's job id.
-async fn resolve_job(
-    tx: &mut Tx<'_>,
-    job_id: Option<&str>,
-    submission_id: Option<&str>,
-    first_poll_at: Option<i64>,
-    now: i64,
-) -> Result<Option<i64>, StoreError> {
-    if let Some(submission_id) = submission_id {
-        let found: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT id, job_id FROM jobs WHERE submission_id = $1")
-                .bind(submission_id)
-                .fetch_optional(&mut **tx)
-                .await?;
-        if let Some((pk, known_id)) = found {
-            if let (None, Some(job_id)) = (known_id, job_id) {
-                // The submission's Generate call ended ambiguously; the webhook tells us the id.
-                // Only one row may hold a Pictory id, so a clash keeps the id where it is.
-                sqlx::query(
-                    "UPDATE jobs SET job_id = $1 WHERE id = $2 AND job_id IS NULL \
-                     AND NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)",
-                )
-                .bind(job_id)
-                .bind(pk)
-                .execute(&mut **tx)
-                .await?;
-            }
-            return Ok(Some(pk));
-        }
-    }
-    match job_id {
-        Some(job_id) => {
-            let (pk, _) = ensure_job(tx, job_id, None, Cause::Webhook, first_poll_at, now).await?;
-            Ok(Some(pk))
-        }
-        None => Ok(None),
-    }
-}
-
-/// Applies a report's plan; the caller has already recorded what brought the report.
-async fn apply_plan(
-    tx: &mut Tx<'_>,
-    job: &Job,
-    plan: &ReportPlan,
-    cause: Cause,
-    now: i64,
-) -> Result<(), StoreError> {
-    apply_plan_noting(tx, job, plan, cause, None, now).await
-}
-
-/// [`apply_plan`], with a reason written next to the move in the history.
-async fn apply_plan_noting(
-    tx: &mut Tx<'_>,
-    job: &Job,
-    plan: &ReportPlan,
-    cause: Cause,
-    reason: Option<&str>,
-    now: i64,
-) -> Result<(), StoreError> {
-    let ReportPlan::Move {
-        to,
-        output,
-        error,
-        resolved_by,
-    } = plan
-    else {
-        return Ok(());
-    };
-    let output = output
-        .as_ref()
-        .map(|o| serde_json::to_string(o).map_err(corrupt))
-        .transpose()?;
-    let error = error
-        .as_ref()
-        .map(|e| serde_json::to_string(e).map_err(corrupt))
-        .transpose()?;
-    sqlx::query(
-        "UPDATE jobs SET status = $1, output = COALESCE($2, output), error = COALESCE($3, error), \
-         resolved_by = COALESCE($4, resolved_by), \
-         completed_at = CASE WHEN $5 THEN $6 ELSE completed_at END, \
-         next_poll_at = CASE WHEN $5 THEN NULL ELSE next_poll_at END \
-         WHERE id = $7",
-    )
-    .bind(to.as_str())
-    .bind(output)
-    .bind(error)
-    .bind(*resolved_by)
-    .bind(to.is_final())
-    .bind(now)
-    .bind(job.pk)
-    .execute(&mut **tx)
-    .await?;
-    let mut detail =
-        json!({"from": job.status.as_str(), "to": to.as_str(), "cause": cause.as_str()});
-    if let Some(reason) = reason {
-        detail["reason"] = json!(reason);
-    }
-    append_event(tx, job.pk, "status_changed", detail, now).await?;
-    Ok(())
-}
-
-/// Records how a submission's Generate call ended, and the response its key replays.
-async fn finish_one(
-    tx: &mut Tx<'_>,
-    pk: i64,
-    outcome: SubmitOutcome,
-    first_poll_at: Option<i64>,
-    render: &RenderResponse,
-    now: i64,
-) -> Result<Job, StoreError> {
-    let job = job_by_pk(tx, pk).await?;
-    let (to, error, reason) = match &outcome {
-        SubmitOutcome::Created { job_id } => {
-            // A Pictory id held by another row (a webhook that beat us with the generic URL)
-            // stays there; this record then cannot be polled and says why.
-            // A webhook that arrived before this answer may already have set the id, and asked
-            // for a look now; both are kept.
-            let taken = sqlx::query(
-                "UPDATE jobs SET job_id = $1, \
-                 next_poll_at = CASE WHEN poll_priority = 1 THEN next_poll_at ELSE $2 END \
-                 WHERE id = $3 AND NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1 AND id <> $3)",
-            )
-            .bind(job_id)
-            .bind(first_poll_at)
-            .bind(pk)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-                == 0;
-            if taken {
-                (
-                    JobStatus::SubmitUnknown,
-                    None,
-                    Some(format!(
-                        "job id {job_id} is already tracked by another record"
-                    )),
-                )
-            } else {
-                (JobStatus::Pending, None, None)
-            }
-        }
-        SubmitOutcome::Rejected { error } => (JobStatus::SubmitFailed, Some(error.clone()), None),
-        SubmitOutcome::NothingCreated { error } => {
-            sqlx::query("DELETE FROM idempotency_keys WHERE job_pk = $1")
-                .bind(pk)
-                .execute(&mut **tx)
-                .await?;
-            (JobStatus::SubmitFailed, Some(error.clone()), None)
-        }
-        SubmitOutcome::Unknown { reason } => (JobStatus::SubmitUnknown, None, Some(reason.clone())),
-    };
-    if job.status.can_move_to(to) {
-        let plan = ReportPlan::Move {
-            to,
-            output: None,
-            error,
-            resolved_by: None,
-        };
-        apply_plan_noting(tx, &job, &plan, Cause::Api, reason.as_deref(), now).await?;
-    }
-    let job = job_by_pk(tx, pk).await?;
-    if !matches!(outcome, SubmitOutcome::NothingCreated { .. }) {
-        let (status, body) = render(&job);
-        sqlx::query(
-            "UPDATE idempotency_keys SET status_code = $1, response = $2 WHERE job_pk = $3",
-        )
-        .bind(i64::from(status))
-        .bind(body)
-        .bind(pk)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(job)
-}
-
-/// A move with nothing but the new status (not found, timed out).
-fn moved_to(to: JobStatus) -> ReportPlan {
-    ReportPlan::Move {
-        to,
-        output: None,
-        error: None,
-        resolved_by: None,
-    }
-}
-
-fn plan_note(plan: &ReportPlan) -> Value {
-    match plan {
-        ReportPlan::Move { to, .. } => json!(format!("moved to {to}")),
-        ReportPlan::Keep { reason } => json!(reason),
-    }
-}
-
-/// A delivery (fresh or replayed) as it is recorded on its job.
-struct WebhookOnJob<'a> {
-    job_pk: i64,
-    delivery_id: i64,
-    duplicate: bool,
-    replay: bool,
-    report: Option<&'a ReportedState>,
-    look_now: bool,
-    raw_body: &'a [u8],
-}
-
-/// Records a webhook on its job and applies its report when there is one.
-async fn record_webhook(
-    tx: &mut Tx<'_>,
-    webhook: WebhookOnJob<'_>,
-    now: i64,
-) -> Result<Job, StoreError> {
-    let WebhookOnJob {
-        job_pk,
-        delivery_id,
-        duplicate,
-        replay,
-        report,
-        look_now,
-        raw_body,
-    } = webhook;
-    let job = job_by_pk(tx, job_pk).await?;
-    // Verify mode: the delivery only says "look now"; the Get Job answer decides.
-    let look_now = look_now && !duplicate && !job.status.is_final();
-    if look_now {
-        sqlx::query("UPDATE jobs SET next_poll_at = $1, poll_priority = 1 WHERE id = $2")
-            .bind(now)
-            .bind(job_pk)
-            .execute(&mut **tx)
-            .await?;
-    }
-    let plan = match (duplicate, report) {
-        (false, Some(report)) => Some(plan_report(job.status, report, Cause::Webhook)),
-        _ => None,
-    };
-    let mut detail = json!({"delivery_id": delivery_id, "duplicate": duplicate});
-    if replay {
-        detail["replay"] = json!(true);
-    }
-    if let Some(plan) = &plan {
-        detail["outcome"] = plan_note(plan);
-    } else if look_now {
-        detail["outcome"] = json!("verifying with Get Job");
-    }
-    sqlx::query("UPDATE jobs SET webhook_received_at = $1 WHERE id = $2")
-        .bind(now)
-        .bind(job_pk)
-        .execute(&mut **tx)
-        .await?;
-    append_event(tx, job_pk, "webhook_received", detail, now).await?;
-    if let Some(plan) = plan {
-        // In receive-only mode the webhook body is the last word jobhook has from Pictory.
-        if let Ok(text) = std::str::from_utf8(raw_body) {
-            sqlx::query("UPDATE jobs SET raw_response = $1 WHERE id = $2")
-                .bind(text)
-                .bind(job_pk)
-                .execute(&mut **tx)
-                .await?;
-        }
-        let job = job_by_pk(tx, job_pk).await?;
-        apply_plan(tx, &job, &plan, Cause::Webhook, now).await?;
-    }
-    job_by_pk(tx, job_pk).await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn insert_delivery(
-    tx: &mut Tx<'_>,
-    delivery: &NewDelivery,
-    sha: &[u8],
-    job_pk: Option<i64>,
-    outcome: DeliveryOutcome,
-    reason: Option<&str>,
-    duplicate_of: Option<i64>,
-) -> Result<Option<i64>, StoreError> {
-    let body = (outcome != DeliveryOutcome::Duplicate).then_some(&delivery.body[..]);
-    let id = sqlx::query_scalar(
-        "INSERT INTO deliveries (received_at, job_pk, outcome, reason, remote_addr, headers, body, \
-         body_sha256, body_size, duplicate_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         ON CONFLICT (job_pk, body_sha256) WHERE outcome = 'accepted' DO NOTHING RETURNING id",
-    )
-    .bind(delivery.received_at)
-    .bind(job_pk)
-    .bind(outcome.as_str())
-    .bind(reason)
-    .bind(delivery.remote_addr.as_deref())
-    .bind(&delivery.headers)
-    .bind(body)
-    .bind(sha)
-    .bind(delivery.body.len() as i64)
-    .bind(duplicate_of)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(id)
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -1164,6 +754,233 @@ impl Store for SqliteStore {
                 .fetch_one(&self.reader)
                 .await?;
         Ok(row)
+    }
+
+    async fn latest_change_id(&self) -> Result<i64, StoreError> {
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(id) FROM job_events WHERE kind = 'status_changed'")
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(id.unwrap_or(0))
+    }
+
+    async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, job_pk, snapshot FROM job_events \
+             WHERE kind = 'status_changed' AND id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Change {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    job_pk: row.try_get("job_pk")?,
+                    snapshot: row
+                        .try_get::<Option<String>, _>("snapshot")?
+                        .ok_or_else(|| corrupt("a status change without its snapshot"))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_notify_routes(&self, routes: &[NotifyRoute]) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM notify_routes")
+            .execute(&mut *tx)
+            .await?;
+        for route in routes {
+            for event_type in &route.events {
+                sqlx::query(
+                    "INSERT INTO notify_routes (url, event_type) VALUES ($1, $2) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&route.url)
+                .bind(event_type)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_notifications(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE notifications SET next_attempt_at = $1 WHERE id IN (SELECT n.id \
+             FROM notifications n WHERE n.state = 'pending' AND n.next_attempt_at <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM notify_endpoints e WHERE e.url = n.endpoint \
+             AND e.disabled_at IS NOT NULL) ORDER BY n.next_attempt_at LIMIT $3) \
+             RETURNING {NOTIFICATION_COLUMNS}"
+        ))
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    async fn next_notification_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT next_attempt_at FROM notifications WHERE state = 'pending' \
+             AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?)
+    }
+
+    async fn record_attempt(
+        &self,
+        id: i64,
+        attempt: Attempt,
+        now: i64,
+    ) -> Result<Notification, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let (state, next_attempt_at, delivered_at, label) = match &attempt.outcome {
+            AttemptOutcome::Delivered => ("delivered", None, Some(now), "delivered"),
+            AttemptOutcome::RetryAt(at) => ("pending", Some(*at), None, "failed"),
+            AttemptOutcome::Exhausted => ("exhausted", None, None, "exhausted"),
+            AttemptOutcome::Gone => ("pending", Some(now), None, "gone"),
+        };
+        let row = sqlx::query(&format!(
+            "UPDATE notifications SET state = $1, next_attempt_at = $2, delivered_at = $3, \
+             attempts = attempts + 1, round_attempts = round_attempts + 1, last_status = $4, \
+             last_error = $5 WHERE id = $6 RETURNING {NOTIFICATION_COLUMNS}"
+        ))
+        .bind(state)
+        .bind(next_attempt_at)
+        .bind(delivered_at)
+        .bind(attempt.http_status.map(i64::from))
+        .bind(attempt.error.as_deref())
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let notification = notification_from_row(&row)?;
+        if attempt.outcome == AttemptOutcome::Gone {
+            sqlx::query(
+                "INSERT INTO notify_endpoints (url, disabled_at, disabled_reason) \
+                 VALUES ($1, $2, $3) ON CONFLICT (url) DO UPDATE \
+                 SET disabled_at = $2, disabled_reason = $3",
+            )
+            .bind(&notification.endpoint)
+            .bind(now)
+            .bind("answered 410 Gone")
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut detail = json!({
+            "endpoint": notification.endpoint, "attempt": notification.attempts,
+            "outcome": label, "notification_id": id, "type": notification.event_type,
+        });
+        detail["http_status"] = json!(attempt.http_status);
+        if let Some(error) = &attempt.error {
+            detail["error"] = json!(error);
+        }
+        append_event(&mut tx, notification.job_pk, "notification", detail, now).await?;
+        tx.commit().await?;
+        Ok(notification)
+    }
+
+    async fn notification(&self, id: i64) -> Result<Option<Notification>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(notification_from_row).transpose()
+    }
+
+    async fn list_notifications(
+        &self,
+        state: Option<&str>,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Page<Notification>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE 1 = 1"
+        ));
+        if let Some(cursor) = cursor {
+            query.push(" AND id < ").push_bind(cursor.position);
+        }
+        if let Some(state) = state {
+            query.push(" AND state = ").push_bind(state.to_owned());
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = query.build().fetch_all(&self.reader).await?;
+        let mut items = rows
+            .iter()
+            .map(notification_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next = match items.last() {
+            Some(last) if more => Some(Cursor {
+                snapshot: 0,
+                position: last.id,
+            }),
+            _ => None,
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn retry_notification(
+        &self,
+        id: i64,
+        now: i64,
+    ) -> Result<Option<Notification>, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE notifications SET state = 'pending', round_attempts = 0, next_attempt_at = $1 \
+             WHERE id = $2 AND state = 'exhausted' RETURNING {NOTIFICATION_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&self.writer)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(notification_from_row(&row)?)),
+            None => self.notification(id).await,
+        }
+    }
+
+    async fn endpoint_states(&self) -> Result<Vec<EndpointState>, StoreError> {
+        let rows: Vec<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT r.url, e.disabled_at, e.disabled_reason FROM \
+             (SELECT DISTINCT url FROM notify_routes) r \
+             LEFT JOIN notify_endpoints e ON e.url = r.url ORDER BY r.url",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(url, disabled_at, disabled_reason)| EndpointState {
+                url,
+                disabled_at,
+                disabled_reason,
+            })
+            .collect())
+    }
+
+    async fn enable_endpoint(&self, url: &str, _now: i64) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE notify_endpoints SET disabled_at = NULL, disabled_reason = NULL \
+             WHERE url = $1 AND disabled_at IS NOT NULL",
+        )
+        .bind(url)
+        .execute(&self.writer)
+        .await?;
+        Ok(result.rows_affected() > 0)
     }
 }
 

@@ -1,0 +1,370 @@
+//! Writes shared by every path that changes a job: history entries, status moves, matching
+//! deliveries to jobs, finishing submissions. Each takes the caller's transaction.
+
+use super::outbox::record_change;
+use super::rows::{job_from_row, JOB_COLUMNS};
+use super::{corrupt, Tx};
+use crate::domain::{plan_report, Cause, Job, JobStatus, ReportPlan};
+use crate::pictory::ReportedState;
+use crate::store::{DeliveryOutcome, NewDelivery, RenderResponse, StoreError, SubmitOutcome};
+use serde_json::{json, Value};
+
+pub(super) async fn job_by_pk(tx: &mut Tx<'_>, pk: i64) -> Result<Job, StoreError> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+        .bind(pk)
+        .fetch_one(&mut **tx)
+        .await?;
+    job_from_row(&row)
+}
+
+/// Appends a history entry and makes it the job's newest change.
+pub(super) async fn append_event(
+    tx: &mut Tx<'_>,
+    job_pk: i64,
+    kind: &str,
+    detail: Value,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO job_events (job_pk, at, kind, detail) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(job_pk)
+    .bind(now)
+    .bind(kind)
+    .bind(detail.to_string())
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE jobs SET seq = $1, updated_at = $2 WHERE id = $3")
+        .bind(id)
+        .bind(now)
+        .bind(job_pk)
+        .execute(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
+/// Inserts a job known only by Pictory's id, unless it exists. Returns its row id and whether it is new.
+pub(super) async fn ensure_job(
+    tx: &mut Tx<'_>,
+    job_id: &str,
+    metadata: Option<&Value>,
+    cause: Cause,
+    first_poll_at: Option<i64>,
+    now: i64,
+) -> Result<(i64, bool), StoreError> {
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO jobs (job_id, status, metadata, created_at, updated_at, next_poll_at) \
+         VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (job_id) DO NOTHING RETURNING id",
+    )
+    .bind(job_id)
+    .bind(JobStatus::Pending.as_str())
+    .bind(metadata.map(Value::to_string))
+    .bind(now)
+    .bind(first_poll_at)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(pk) = inserted {
+        append_event(tx, pk, "registered", json!({"cause": cause.as_str()}), now).await?;
+        return Ok((pk, true));
+    }
+    let pk: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok((pk, false))
+}
+
+/// Finds the job a delivery belongs to: the submission its key names first, else the body's job id.
+pub(super) async fn resolve_job(
+    tx: &mut Tx<'_>,
+    job_id: Option<&str>,
+    submission_id: Option<&str>,
+    first_poll_at: Option<i64>,
+    now: i64,
+) -> Result<Option<i64>, StoreError> {
+    if let Some(submission_id) = submission_id {
+        let found: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT id, job_id FROM jobs WHERE submission_id = $1")
+                .bind(submission_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if let Some((pk, known_id)) = found {
+            if let (None, Some(job_id)) = (known_id, job_id) {
+                // The submission's Generate call ended ambiguously; the webhook tells us the id.
+                // Only one row may hold a Pictory id, so a clash keeps the id where it is.
+                sqlx::query(
+                    "UPDATE jobs SET job_id = $1 WHERE id = $2 AND job_id IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)",
+                )
+                .bind(job_id)
+                .bind(pk)
+                .execute(&mut **tx)
+                .await?;
+            }
+            return Ok(Some(pk));
+        }
+    }
+    match job_id {
+        Some(job_id) => {
+            let (pk, _) = ensure_job(tx, job_id, None, Cause::Webhook, first_poll_at, now).await?;
+            Ok(Some(pk))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Applies a report's plan; the caller has already recorded what brought the report.
+pub(super) async fn apply_plan(
+    tx: &mut Tx<'_>,
+    job: &Job,
+    plan: &ReportPlan,
+    cause: Cause,
+    now: i64,
+) -> Result<(), StoreError> {
+    apply_plan_noting(tx, job, plan, cause, None, now).await
+}
+
+/// [`apply_plan`], with a reason written next to the move in the history.
+pub(super) async fn apply_plan_noting(
+    tx: &mut Tx<'_>,
+    job: &Job,
+    plan: &ReportPlan,
+    cause: Cause,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let ReportPlan::Move {
+        to,
+        output,
+        error,
+        resolved_by,
+    } = plan
+    else {
+        return Ok(());
+    };
+    let output = output
+        .as_ref()
+        .map(|o| serde_json::to_string(o).map_err(corrupt))
+        .transpose()?;
+    let error = error
+        .as_ref()
+        .map(|e| serde_json::to_string(e).map_err(corrupt))
+        .transpose()?;
+    sqlx::query(
+        "UPDATE jobs SET status = $1, output = COALESCE($2, output), error = COALESCE($3, error), \
+         resolved_by = COALESCE($4, resolved_by), \
+         completed_at = CASE WHEN $5 THEN $6 ELSE completed_at END, \
+         next_poll_at = CASE WHEN $5 THEN NULL ELSE next_poll_at END \
+         WHERE id = $7",
+    )
+    .bind(to.as_str())
+    .bind(output)
+    .bind(error)
+    .bind(*resolved_by)
+    .bind(to.is_final())
+    .bind(now)
+    .bind(job.pk)
+    .execute(&mut **tx)
+    .await?;
+    let mut detail =
+        json!({"from": job.status.as_str(), "to": to.as_str(), "cause": cause.as_str()});
+    if let Some(reason) = reason {
+        detail["reason"] = json!(reason);
+    }
+    let change_id = append_event(tx, job.pk, "status_changed", detail, now).await?;
+    let changed = job_by_pk(tx, job.pk).await?;
+    record_change(tx, change_id, &changed, now).await?;
+    Ok(())
+}
+
+/// Records how a submission's Generate call ended, and the response its key replays.
+pub(super) async fn finish_one(
+    tx: &mut Tx<'_>,
+    pk: i64,
+    outcome: SubmitOutcome,
+    first_poll_at: Option<i64>,
+    render: &RenderResponse,
+    now: i64,
+) -> Result<Job, StoreError> {
+    let job = job_by_pk(tx, pk).await?;
+    let (to, error, reason) = match &outcome {
+        SubmitOutcome::Created { job_id } => {
+            // A Pictory id held by another row (a webhook that beat us with the generic URL)
+            // stays there; this record then cannot be polled and says why.
+            // A webhook that arrived before this answer may already have set the id, and asked
+            // for a look now; both are kept.
+            let taken = sqlx::query(
+                "UPDATE jobs SET job_id = $1, \
+                 next_poll_at = CASE WHEN poll_priority = 1 THEN next_poll_at ELSE $2 END \
+                 WHERE id = $3 AND NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1 AND id <> $3)",
+            )
+            .bind(job_id)
+            .bind(first_poll_at)
+            .bind(pk)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+                == 0;
+            if taken {
+                (
+                    JobStatus::SubmitUnknown,
+                    None,
+                    Some(format!(
+                        "job id {job_id} is already tracked by another record"
+                    )),
+                )
+            } else {
+                (JobStatus::Pending, None, None)
+            }
+        }
+        SubmitOutcome::Rejected { error } => (JobStatus::SubmitFailed, Some(error.clone()), None),
+        SubmitOutcome::NothingCreated { error } => {
+            sqlx::query("DELETE FROM idempotency_keys WHERE job_pk = $1")
+                .bind(pk)
+                .execute(&mut **tx)
+                .await?;
+            (JobStatus::SubmitFailed, Some(error.clone()), None)
+        }
+        SubmitOutcome::Unknown { reason } => (JobStatus::SubmitUnknown, None, Some(reason.clone())),
+    };
+    if job.status.can_move_to(to) {
+        let plan = ReportPlan::Move {
+            to,
+            output: None,
+            error,
+            resolved_by: None,
+        };
+        apply_plan_noting(tx, &job, &plan, Cause::Api, reason.as_deref(), now).await?;
+    }
+    let job = job_by_pk(tx, pk).await?;
+    if !matches!(outcome, SubmitOutcome::NothingCreated { .. }) {
+        let (status, body) = render(&job);
+        sqlx::query(
+            "UPDATE idempotency_keys SET status_code = $1, response = $2 WHERE job_pk = $3",
+        )
+        .bind(i64::from(status))
+        .bind(body)
+        .bind(pk)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(job)
+}
+
+/// A move with nothing but the new status (not found, timed out).
+pub(super) fn moved_to(to: JobStatus) -> ReportPlan {
+    ReportPlan::Move {
+        to,
+        output: None,
+        error: None,
+        resolved_by: None,
+    }
+}
+
+pub(super) fn plan_note(plan: &ReportPlan) -> Value {
+    match plan {
+        ReportPlan::Move { to, .. } => json!(format!("moved to {to}")),
+        ReportPlan::Keep { reason } => json!(reason),
+    }
+}
+
+/// A delivery (fresh or replayed) as it is recorded on its job.
+pub(super) struct WebhookOnJob<'a> {
+    pub(super) job_pk: i64,
+    pub(super) delivery_id: i64,
+    pub(super) duplicate: bool,
+    pub(super) replay: bool,
+    pub(super) report: Option<&'a ReportedState>,
+    pub(super) look_now: bool,
+    pub(super) raw_body: &'a [u8],
+}
+
+/// Records a webhook on its job and applies its report when there is one.
+pub(super) async fn record_webhook(
+    tx: &mut Tx<'_>,
+    webhook: WebhookOnJob<'_>,
+    now: i64,
+) -> Result<Job, StoreError> {
+    let WebhookOnJob {
+        job_pk,
+        delivery_id,
+        duplicate,
+        replay,
+        report,
+        look_now,
+        raw_body,
+    } = webhook;
+    let job = job_by_pk(tx, job_pk).await?;
+    // Verify mode: the delivery only says "look now"; the Get Job answer decides.
+    let look_now = look_now && !duplicate && !job.status.is_final();
+    if look_now {
+        sqlx::query("UPDATE jobs SET next_poll_at = $1, poll_priority = 1 WHERE id = $2")
+            .bind(now)
+            .bind(job_pk)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let plan = match (duplicate, report) {
+        (false, Some(report)) => Some(plan_report(job.status, report, Cause::Webhook)),
+        _ => None,
+    };
+    let mut detail = json!({"delivery_id": delivery_id, "duplicate": duplicate});
+    if replay {
+        detail["replay"] = json!(true);
+    }
+    if let Some(plan) = &plan {
+        detail["outcome"] = plan_note(plan);
+    } else if look_now {
+        detail["outcome"] = json!("verifying with Get Job");
+    }
+    sqlx::query("UPDATE jobs SET webhook_received_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(job_pk)
+        .execute(&mut **tx)
+        .await?;
+    append_event(tx, job_pk, "webhook_received", detail, now).await?;
+    if let Some(plan) = plan {
+        // In receive-only mode the webhook body is the last word jobhook has from Pictory.
+        if let Ok(text) = std::str::from_utf8(raw_body) {
+            sqlx::query("UPDATE jobs SET raw_response = $1 WHERE id = $2")
+                .bind(text)
+                .bind(job_pk)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let job = job_by_pk(tx, job_pk).await?;
+        apply_plan(tx, &job, &plan, Cause::Webhook, now).await?;
+    }
+    job_by_pk(tx, job_pk).await
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn insert_delivery(
+    tx: &mut Tx<'_>,
+    delivery: &NewDelivery,
+    sha: &[u8],
+    job_pk: Option<i64>,
+    outcome: DeliveryOutcome,
+    reason: Option<&str>,
+    duplicate_of: Option<i64>,
+) -> Result<Option<i64>, StoreError> {
+    let body = (outcome != DeliveryOutcome::Duplicate).then_some(&delivery.body[..]);
+    let id = sqlx::query_scalar(
+        "INSERT INTO deliveries (received_at, job_pk, outcome, reason, remote_addr, headers, body, \
+         body_sha256, body_size, duplicate_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (job_pk, body_sha256) WHERE outcome = 'accepted' DO NOTHING RETURNING id",
+    )
+    .bind(delivery.received_at)
+    .bind(job_pk)
+    .bind(outcome.as_str())
+    .bind(reason)
+    .bind(delivery.remote_addr.as_deref())
+    .bind(&delivery.headers)
+    .bind(body)
+    .bind(sha)
+    .bind(delivery.body.len() as i64)
+    .bind(duplicate_of)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(id)
+}
