@@ -91,6 +91,7 @@ impl Notifier {
         let full = claimed.len() as u32 == BATCH;
         for notification in claimed {
             let send = Delivery {
+                changes: self.changes.clone(),
                 store: self.store.clone(),
                 clock: self.clock.clone(),
                 metrics: self.metrics.clone(),
@@ -152,6 +153,7 @@ fn ms(d: Duration) -> i64 {
 
 /// Everything one delivery needs, cheap to clone into its task.
 struct Delivery {
+    changes: Changes,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -193,6 +195,11 @@ impl Delivery {
         {
             // The lease runs out and the same message is sent again later.
             tracing::error!(error = %err, id = notification.id, "cannot record a notification attempt");
+            return;
+        }
+        // The attempt is in the job's history: a change of the job for whoever waits on it.
+        if let Ok(Some(job)) = self.store.job_by_pk(notification.job_pk).await {
+            self.changes.publish(&job);
         }
     }
 

@@ -242,6 +242,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// A job by Pictory id or submission id.
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
+    /// A job by its internal row id.
+    async fn job_by_pk(&self, pk: i64) -> Result<Option<Job>, StoreError>;
     /// The last Pictory response kept for a job.
     async fn raw_response(&self, job_pk: i64) -> Result<Option<String>, StoreError>;
     async fn job_events(&self, job_pk: i64) -> Result<Vec<JobEvent>, StoreError>;

@@ -517,6 +517,9 @@ impl Store for FaultyStore {
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
         self.inner.job(id).await
     }
+    async fn job_by_pk(&self, pk: i64) -> Result<Option<Job>, StoreError> {
+        self.inner.job_by_pk(pk).await
+    }
     async fn raw_response(&self, job_pk: i64) -> Result<Option<String>, StoreError> {
         self.inner.raw_response(job_pk).await
     }

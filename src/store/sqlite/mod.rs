@@ -296,6 +296,14 @@ impl Store for SqliteStore {
         row.as_ref().map(job_from_row).transpose()
     }
 
+    async fn job_by_pk(&self, pk: i64) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(pk)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
     async fn raw_response(&self, job_pk: i64) -> Result<Option<String>, StoreError> {
         let raw: Option<Option<String>> =
             sqlx::query_scalar("SELECT raw_response FROM jobs WHERE id = $1")
