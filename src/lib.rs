@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod mock;
 pub mod notify;

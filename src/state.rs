@@ -3,6 +3,7 @@
 use crate::changes::Changes;
 use crate::config::{decode_whsec, Config};
 use crate::domain::time::Clock;
+use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
 use crate::pictory::PictoryClient;
 use crate::reconcile::Poller;
@@ -23,6 +24,8 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     /// The Get Job machinery; None in receive-only mode (no API key).
     pub poller: Option<Arc<Poller>>,
+    /// The group committer webhook deliveries go through.
+    pub ingestor: Ingestor,
     /// Job changes, for long-polls.
     pub changes: Changes,
     /// Nudges the notifier when work was queued outside a job change (manual retries).
@@ -66,6 +69,7 @@ impl AppState {
             .map_err(|why| anyhow::anyhow!("configuration key `webhook.signing_secrets`: {why}"))?;
         let api_token_digests = config.api.tokens.iter().map(digest).collect();
         let metrics = Arc::new(Metrics::new());
+        let store_for_ingest = store.clone();
         let changes = Changes::new();
         let poller = match &config.pictory.api_key {
             None => None,
@@ -90,6 +94,7 @@ impl AppState {
             metrics,
             poller,
             changes,
+            ingestor: Ingestor::start(store_for_ingest),
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
             stopping: CancellationToken::new(),
             webhook_keys,

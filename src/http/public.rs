@@ -91,7 +91,7 @@ async fn receive_webhook(
         look_now: verify,
         first_poll_at: state.first_poll_at(received_at),
     };
-    let ingested = state.store.ingest(archive(target)).await?;
+    let ingested = state.ingestor.ingest(archive(target)).await?;
     if let Some(job) = &ingested.job {
         state.changes.publish(job);
     }
@@ -129,7 +129,7 @@ async fn receive_webhook(
 }
 
 async fn store_rejected(state: &AppState, delivery: NewDelivery) -> Result<(), ApiError> {
-    let ingested = state.store.ingest(delivery).await?;
+    let ingested = state.ingestor.ingest(delivery).await?;
     state.metrics.count_delivery(ingested.outcome.as_str());
     tracing::info!(
         delivery_id = ingested.delivery_id,

@@ -23,6 +23,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("not committed: {0}")]
+    Batch(String),
 }
 
 /// A webhook delivery, as received, with what the receiver made of it.
@@ -142,6 +144,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a delivery durably and applies it; commits before returning.
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError>;
+    /// Stores many deliveries in one transaction (group commit). The outer error means nothing
+    /// was committed; an inner one, that only that delivery was not.
+    async fn ingest_batch(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError>;
     /// Applies an archived delivery again. None when there is no such delivery.
     async fn replay(
         &self,

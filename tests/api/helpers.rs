@@ -380,6 +380,13 @@ impl Store for FaultyStore {
         self.faults.check()?;
         self.inner.ingest(delivery).await
     }
+    async fn ingest_batch(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
+        self.faults.check()?;
+        self.inner.ingest_batch(deliveries).await
+    }
     async fn replay(
         &self,
         id: i64,

@@ -3,15 +3,14 @@
 
 use super::{
     Attempt, AttemptOutcome, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
-    DeliveryOutcome, DeliveryTarget, EndpointState, Ingested, JobFilter, KeyState, NewDelivery,
-    NewSubmission, Notification, NotifyRoute, Page, PollOutcome, PollRecord, Registered,
-    RenderResponse, ReplayInput, Replayed, Store, StoreError, SubmitOutcome, NOT_FOUND_AFTER,
+    EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
+    NotifyRoute, Page, PollOutcome, PollRecord, Registered, RenderResponse, ReplayInput, Replayed,
+    Store, StoreError, SubmitOutcome, NOT_FOUND_AFTER,
 };
 use crate::domain::{plan_report, Cause, Job, JobEvent, JobStatus};
 use crate::pictory::ReportedState;
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use std::str::FromStr;
@@ -20,13 +19,15 @@ use std::time::Duration;
 mod history;
 mod outbox;
 mod rows;
+mod webhooks;
 
 use history::{
-    append_event, apply_plan, ensure_job, finish_one, insert_delivery, job_by_pk, moved_to,
-    record_webhook, resolve_job, WebhookOnJob,
+    append_event, apply_plan, ensure_job, finish_one, job_by_pk, moved_to, record_webhook,
+    WebhookOnJob,
 };
 use outbox::{notification_from_row, NOTIFICATION_COLUMNS};
 use rows::{delivery_from_row, job_from_row, DELIVERY_COLUMNS, DELIVERY_FROM, JOB_COLUMNS};
+use webhooks::ingest_one;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 #[derive(Debug, Clone)]
@@ -103,115 +104,35 @@ impl Store for SqliteStore {
     }
 
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
-        let now = delivery.received_at;
-        let sha = Sha256::digest(&delivery.body);
         let mut tx = self.writer.begin().await?;
-        let (job_id, submission_id, report, look_now, first_poll_at) = match &delivery.target {
-            DeliveryTarget::Rejected { reason } => {
-                let id = insert_delivery(
-                    &mut tx,
-                    &delivery,
-                    &sha,
-                    None,
-                    DeliveryOutcome::Rejected,
-                    Some(reason),
-                    None,
-                )
-                .await?
-                .ok_or_else(|| corrupt("rejected delivery was not stored"))?;
-                tx.commit().await?;
-                return Ok(Ingested {
-                    delivery_id: id,
-                    outcome: DeliveryOutcome::Rejected,
-                    job: None,
-                });
-            }
-            DeliveryTarget::Job {
-                job_id,
-                submission_id,
-                report,
-                look_now,
-                first_poll_at,
-            } => (
-                job_id.as_deref(),
-                submission_id.as_deref(),
-                report.as_ref(),
-                *look_now,
-                *first_poll_at,
-            ),
-        };
-        let Some(job_pk) = resolve_job(&mut tx, job_id, submission_id, first_poll_at, now).await?
-        else {
-            let reason = "the submission this URL names is not tracked and the body has no job id";
-            let id = insert_delivery(
-                &mut tx,
-                &delivery,
-                &sha,
-                None,
-                DeliveryOutcome::Rejected,
-                Some(reason),
-                None,
-            )
-            .await?
-            .ok_or_else(|| corrupt("rejected delivery was not stored"))?;
-            tx.commit().await?;
-            return Ok(Ingested {
-                delivery_id: id,
-                outcome: DeliveryOutcome::Rejected,
-                job: None,
-            });
-        };
-        let accepted = insert_delivery(
-            &mut tx,
-            &delivery,
-            &sha,
-            Some(job_pk),
-            DeliveryOutcome::Accepted,
-            None,
-            None,
-        )
-        .await?;
-        let (delivery_id, outcome) = match accepted {
-            Some(id) => (id, DeliveryOutcome::Accepted),
-            None => {
-                let original: i64 = sqlx::query_scalar(
-                    "SELECT id FROM deliveries WHERE job_pk = $1 AND body_sha256 = $2 \
-                     AND outcome = 'accepted'",
-                )
-                .bind(job_pk)
-                .bind(&sha[..])
-                .fetch_one(&mut *tx)
-                .await?;
-                let id = insert_delivery(
-                    &mut tx,
-                    &delivery,
-                    &sha,
-                    Some(job_pk),
-                    DeliveryOutcome::Duplicate,
-                    Some("same job and body as an earlier delivery"),
-                    Some(original),
-                )
-                .await?
-                .ok_or_else(|| corrupt("duplicate delivery was not stored"))?;
-                (id, DeliveryOutcome::Duplicate)
-            }
-        };
-        let webhook = WebhookOnJob {
-            job_pk,
-            delivery_id,
-            duplicate: outcome == DeliveryOutcome::Duplicate,
-            replay: false,
-            report,
-            look_now,
-            raw_body: &delivery.body,
-        };
-        let job = record_webhook(&mut tx, webhook, now).await?;
+        let ingested = ingest_one(&mut tx, delivery).await?;
         tx.commit().await?;
-        Ok(Ingested {
-            delivery_id,
-            outcome,
-            job: Some(job),
-        })
+        Ok(ingested)
+    }
+
+    async fn ingest_batch(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
+        // One transaction, one fsync, for the whole batch; a savepoint per delivery, so one
+        // that fails is answered alone and the others still commit.
+        let mut tx = self.writer.begin().await?;
+        let mut results = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+            match ingest_one(&mut savepoint, delivery).await {
+                Ok(ingested) => {
+                    savepoint.commit().await?;
+                    results.push(Ok(ingested));
+                }
+                Err(err) => {
+                    savepoint.rollback().await?;
+                    results.push(Err(err));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(results)
     }
 
     async fn replay(

@@ -1,0 +1,66 @@
+//! Group commit for webhook deliveries.
+//!
+//! Every delivery must be durable before it is acknowledged, and with SQLite each commit costs an
+//! fsync. One writer task takes whatever deliveries are waiting (up to [`MAX_BATCH`]), stores them
+//! in one transaction, and answers each only after that commit. Nothing waits on purpose: a batch
+//! is simply what queued up while the previous commit ran, so a lone delivery is committed at
+//! once and a storm shares its fsyncs.
+
+use crate::store::{Ingested, NewDelivery, Store, StoreError};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most deliveries in one transaction (bounds the latency a batch adds).
+pub const MAX_BATCH: usize = 256;
+/// Deliveries waiting for the writer before senders wait too (backpressure).
+const QUEUE: usize = 4096;
+
+type Reply = oneshot::Sender<Result<Ingested, StoreError>>;
+
+#[derive(Clone)]
+pub struct Ingestor {
+    queue: mpsc::Sender<(NewDelivery, Reply)>,
+}
+
+impl Ingestor {
+    /// Starts the writer task over `store`. It ends when every `Ingestor` clone is dropped.
+    pub fn start(store: Arc<dyn Store>) -> Ingestor {
+        let (queue, waiting) = mpsc::channel(QUEUE);
+        tokio::spawn(write_batches(store, waiting));
+        Ingestor { queue }
+    }
+
+    /// Stores a delivery; returns once it is committed.
+    pub async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((delivery, reply))
+            .await
+            .map_err(|_| StoreError::Batch("the ingest writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Batch("the ingest writer stopped mid-batch".into()))?
+    }
+}
+
+async fn write_batches(store: Arc<dyn Store>, mut waiting: mpsc::Receiver<(NewDelivery, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (deliveries, replies): (Vec<NewDelivery>, Vec<Reply>) = batch.drain(..).unzip();
+        match store.ingest_batch(deliveries).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // The requester may have gone away; its delivery is stored all the same.
+                    let _ = reply.send(result);
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                tracing::error!(error = %message, size = replies.len(), "a delivery batch was not committed");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Batch(message.clone())));
+                }
+            }
+        }
+    }
+}

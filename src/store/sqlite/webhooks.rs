@@ -1,0 +1,116 @@
+//! Storing one webhook delivery inside a caller's transaction (a group commit batches many).
+
+use super::history::{insert_delivery, record_webhook, resolve_job, WebhookOnJob};
+use super::{corrupt, Tx};
+use crate::store::{DeliveryOutcome, DeliveryTarget, Ingested, NewDelivery, StoreError};
+use sha2::{Digest, Sha256};
+
+pub(super) async fn ingest_one(
+    tx: &mut Tx<'_>,
+    delivery: NewDelivery,
+) -> Result<Ingested, StoreError> {
+    let now = delivery.received_at;
+    let sha = Sha256::digest(&delivery.body);
+    let (job_id, submission_id, report, look_now, first_poll_at) = match &delivery.target {
+        DeliveryTarget::Rejected { reason } => {
+            let id = insert_delivery(
+                tx,
+                &delivery,
+                &sha,
+                None,
+                DeliveryOutcome::Rejected,
+                Some(reason),
+                None,
+            )
+            .await?
+            .ok_or_else(|| corrupt("rejected delivery was not stored"))?;
+            return Ok(Ingested {
+                delivery_id: id,
+                outcome: DeliveryOutcome::Rejected,
+                job: None,
+            });
+        }
+        DeliveryTarget::Job {
+            job_id,
+            submission_id,
+            report,
+            look_now,
+            first_poll_at,
+        } => (
+            job_id.as_deref(),
+            submission_id.as_deref(),
+            report.as_ref(),
+            *look_now,
+            *first_poll_at,
+        ),
+    };
+    let Some(job_pk) = resolve_job(tx, job_id, submission_id, first_poll_at, now).await? else {
+        let reason = "the submission this URL names is not tracked and the body has no job id";
+        let id = insert_delivery(
+            tx,
+            &delivery,
+            &sha,
+            None,
+            DeliveryOutcome::Rejected,
+            Some(reason),
+            None,
+        )
+        .await?
+        .ok_or_else(|| corrupt("rejected delivery was not stored"))?;
+        return Ok(Ingested {
+            delivery_id: id,
+            outcome: DeliveryOutcome::Rejected,
+            job: None,
+        });
+    };
+    let accepted = insert_delivery(
+        tx,
+        &delivery,
+        &sha,
+        Some(job_pk),
+        DeliveryOutcome::Accepted,
+        None,
+        None,
+    )
+    .await?;
+    let (delivery_id, outcome) = match accepted {
+        Some(id) => (id, DeliveryOutcome::Accepted),
+        None => {
+            let original: i64 = sqlx::query_scalar(
+                "SELECT id FROM deliveries WHERE job_pk = $1 AND body_sha256 = $2 \
+                 AND outcome = 'accepted'",
+            )
+            .bind(job_pk)
+            .bind(&sha[..])
+            .fetch_one(&mut **tx)
+            .await?;
+            let id = insert_delivery(
+                tx,
+                &delivery,
+                &sha,
+                Some(job_pk),
+                DeliveryOutcome::Duplicate,
+                Some("same job and body as an earlier delivery"),
+                Some(original),
+            )
+            .await?
+            .ok_or_else(|| corrupt("duplicate delivery was not stored"))?;
+            (id, DeliveryOutcome::Duplicate)
+        }
+    };
+    let webhook = WebhookOnJob {
+        job_pk,
+        delivery_id,
+        duplicate: outcome == DeliveryOutcome::Duplicate,
+        replay: false,
+        report,
+        look_now,
+        raw_body: &delivery.body,
+    };
+    let job = record_webhook(tx, webhook, now).await?;
+    Ok(Ingested {
+        delivery_id,
+        outcome,
+        job: Some(job),
+    })
+}
