@@ -45,6 +45,12 @@ CREATE TABLE job_events (
 CREATE INDEX job_events_by_job ON job_events (job_pk, id);
 CREATE INDEX job_changes ON job_events (id) WHERE kind = 'status_changed';
 
+-- Every history entry is a change of its job: it becomes the job's newest (orders the job list).
+CREATE TRIGGER job_events_touch_job AFTER INSERT ON job_events
+BEGIN
+    UPDATE jobs SET seq = NEW.id, updated_at = NEW.at WHERE id = NEW.job_pk;
+END;
+
 -- The outbox of signed notifications: written in the transaction of the change it announces.
 CREATE TABLE notifications (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -31,9 +31,15 @@ async fn main() -> anyhow::Result<()> {
         return child(&args[2..]).await;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let concurrency = args
+        .iter()
+        .position(|a| a == "--concurrency")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(64);
     let settings = Settings {
         duration: Duration::from_secs(if quick { 2 } else { 5 }),
-        concurrency: 64,
+        concurrency,
         big: if quick { 100_000 } else { 1_000_000 },
     };
     run(settings).await
@@ -79,15 +85,20 @@ async fn child(args: &[String]) -> anyhow::Result<()> {
             let path = PathBuf::from(&args[1]);
             let pool = open_pool(&path, 1).await?;
             create_baseline_schema(&pool).await?;
-            let app = Router::new().route(
-                "/hook",
-                post(|axum::extract::State(pool): axum::extract::State<SqlitePool>, body: axum::body::Bytes| async move {
-                    let mut tx = pool.begin().await.unwrap();
-                    insert_like_jobhook(&mut tx, &body).await.unwrap();
-                    tx.commit().await.unwrap();
-                    axum::Json(json!({"status": "accepted"}))
-                }),
-            ).with_state(pool);
+            let app = Router::new()
+                .route(
+                    "/hook",
+                    post(
+                        |axum::extract::State(pool): axum::extract::State<SqlitePool>,
+                         body: axum::body::Bytes| async move {
+                            let mut tx = pool.begin().await.unwrap();
+                            insert_like_jobhook(&mut tx, &body).await.unwrap();
+                            tx.commit().await.unwrap();
+                            axum::Json(json!({"status": "accepted"}))
+                        },
+                    ),
+                )
+                .with_state(pool);
             serve_child(app).await
         }
         Some("constant-json") => {
@@ -117,7 +128,8 @@ async fn serve_child(app: Router) -> anyhow::Result<()> {
 fn constant_job_json(size: usize) -> String {
     let mut text = json!({"job_id": "constant", "status": "completed", "padding": ""}).to_string();
     let pad = size.saturating_sub(text.len());
-    text = json!({"job_id": "constant", "status": "completed", "padding": "x".repeat(pad)}).to_string();
+    text = json!({"job_id": "constant", "status": "completed", "padding": "x".repeat(pad)})
+        .to_string();
     text
 }
 
@@ -201,7 +213,10 @@ impl Server {
             .kill_on_drop(true);
         let mut child = command.spawn()?;
         let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let line = lines.next_line().await?.context("child exited before READY")?;
+        let line = lines
+            .next_line()
+            .await?
+            .context("child exited before READY")?;
         let mut parts = line.split_whitespace().skip(1);
         let public = format!("http://{}", parts.next().context("public")?);
         let api = format!("http://{}", parts.next().context("api")?);
@@ -298,7 +313,12 @@ where
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let pick = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0.0);
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     Load {
         per_second: latencies.len() as f64 / elapsed,
         p50_ms: pick(0.5),
@@ -343,7 +363,11 @@ async fn seed_jobs(db: &Path, count: usize, next_poll_at: Option<i64>) -> anyhow
     store.migrate().await?;
     store.close().await;
     let pool = open_pool(db, 1).await?;
-    let status = if next_poll_at.is_some() { "pending" } else { "completed" };
+    let status = if next_poll_at.is_some() {
+        "pending"
+    } else {
+        "completed"
+    };
     sqlx::query(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
          INSERT INTO jobs (job_id, status, created_at, updated_at, seq, next_poll_at, output) \
@@ -371,9 +395,11 @@ fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -384,7 +410,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     // Fields after the command name, which is in parentheses and may contain spaces.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -418,15 +449,24 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let rows = result?;
     println!("\n| measure | jobhook | baseline | ratio | target |\n|---|---|---|---|---|");
     for row in rows {
-        println!("| {} | {} | {} | {} | {} |", row.what, row.value, row.baseline, row.ratio, row.target);
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            row.what, row.value, row.baseline, row.ratio, row.target
+        );
     }
     Ok(())
 }
 
 async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
     let mut rows = Vec::new();
-    eprintln!("bench: {} s per load run, {} connections", settings.duration.as_secs(), settings.concurrency);
+    eprintln!(
+        "bench: {} s per load run, {} connections",
+        settings.duration.as_secs(),
+        settings.concurrency
+    );
 
     // 1. Webhook ingest against its baselines.
     let body_only = Server::start(&["body-only"], &[]).await?;
@@ -434,14 +474,24 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
     let c = client.clone();
     let bare = closed_loop(settings, move |n| c.post(&url).body(webhook_body(n))).await;
     body_only.stop().await;
-    eprintln!("bench: bare axum reading the body: {:.0}/s", bare.per_second);
+    eprintln!(
+        "bench: bare axum reading the body: {:.0}/s",
+        bare.per_second
+    );
 
-    let txn = Server::start(&["txn-per-request", dir.join("txn.db").to_str().unwrap()], &[]).await?;
+    let txn = Server::start(
+        &["txn-per-request", dir.join("txn.db").to_str().unwrap()],
+        &[],
+    )
+    .await?;
     let url = format!("{}/hook", txn.public);
     let c = client.clone();
     let per_request = closed_loop(settings, move |n| c.post(&url).body(webhook_body(n))).await;
     txn.stop().await;
-    eprintln!("bench: one transaction per request: {:.0}/s", per_request.per_second);
+    eprintln!(
+        "bench: one transaction per request: {:.0}/s",
+        per_request.per_second
+    );
 
     let raw = raw_batched_inserts(dir, settings).await?;
     eprintln!("bench: raw batched inserts: {raw:.0} rows/s");
@@ -450,16 +500,41 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
     let jobhook = Server::start(&["jobhook"], &jobhook_env(&db, &[])).await?;
     wait_ready(&jobhook.api).await;
     let idle_rss = rss_mb(jobhook.pid());
-    let hook: Value = client.get(format!("{}/v1/webhook-url", jobhook.api)).send().await?.json().await?;
-    let hook_url = hook["url"].as_str().unwrap().replace("http://localhost:8080", &jobhook.public);
+    let hook: Value = client
+        .get(format!("{}/v1/webhook-url", jobhook.api))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let hook_url = hook["url"]
+        .as_str()
+        .unwrap()
+        .replace("http://localhost:8080", &jobhook.public);
     let url = hook_url.clone();
     let c = client.clone();
+    let cpu_before = cpu_seconds(jobhook.pid());
+    let bench_before = cpu_seconds(std::process::id());
     let ingest = closed_loop(settings, move |n| c.post(&url).body(webhook_body(n))).await;
-    eprintln!("bench: jobhook ingest: {:.0}/s (p99 {:.1} ms)", ingest.per_second, ingest.p99_ms);
+    let cpu = (cpu_seconds(jobhook.pid()) - cpu_before) / settings.duration.as_secs_f64();
+    let load_cpu =
+        (cpu_seconds(std::process::id()) - bench_before) / settings.duration.as_secs_f64();
+    eprintln!(
+        "bench: jobhook ingest: {:.0}/s (p99 {:.1} ms), jobhook {:.0}% of a core, load generator {:.0}%",
+        ingest.per_second,
+        ingest.p99_ms,
+        cpu * 100.0,
+        load_cpu * 100.0
+    );
     let url = hook_url.clone();
     let c = client.clone();
-    let half = open_loop(settings, ingest.per_second / 2.0, move |n| c.post(&url).body(webhook_body(n + 10_000_000))).await;
-    eprintln!("bench: jobhook at half load: p50 {:.1} ms, p99 {:.1} ms", half.p50_ms, half.p99_ms);
+    let half = open_loop(settings, ingest.per_second / 2.0, move |n| {
+        c.post(&url).body(webhook_body(n + 10_000_000))
+    })
+    .await;
+    eprintln!(
+        "bench: jobhook at half load: p50 {:.1} ms, p99 {:.1} ms",
+        half.p50_ms, half.p99_ms
+    );
 
     rows.push(Row {
         what: "webhook ingest (req/s) vs raw batched inserts of the same rows",
@@ -491,7 +566,12 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
     });
 
     // 2. Reading one job against a constant JSON of the same size.
-    let job: Value = client.get(format!("{}/v1/jobs?limit=1", jobhook.api)).send().await?.json().await?;
+    let job: Value = client
+        .get(format!("{}/v1/jobs?limit=1", jobhook.api))
+        .send()
+        .await?
+        .json()
+        .await?;
     let job_id = job["data"][0]["job_id"].as_str().unwrap().to_owned();
     let size = serde_json::to_string(&job["data"][0])?.len();
     let url = format!("{}/v1/jobs/{job_id}", jobhook.api);
@@ -575,12 +655,22 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
     let dead = TcpListener::bind("127.0.0.1:0").await?;
     let dead_url = format!("http://{}/pictoryapis", dead.local_addr()?);
     drop(dead);
-    let env = jobhook_env(&db, &[("JOBHOOK_PICTORY_API_KEY", "pictai_bench".into()), ("JOBHOOK_PICTORY_BASE_URL", dead_url)]);
+    let env = jobhook_env(
+        &db,
+        &[
+            ("JOBHOOK_PICTORY_API_KEY", "pictai_bench".into()),
+            ("JOBHOOK_PICTORY_BASE_URL", dead_url),
+        ],
+    );
     let server = Server::start(&["jobhook"], &env).await?;
     wait_ready(&server.api).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = cpu_seconds(server.pid());
-    let idle_window = Duration::from_secs(if settings.duration.as_secs() < 5 { 5 } else { 10 });
+    let idle_window = Duration::from_secs(if settings.duration.as_secs() < 5 {
+        5
+    } else {
+        10
+    });
     tokio::time::sleep(idle_window).await;
     let idle_cpu = (cpu_seconds(server.pid()) - before) / idle_window.as_secs_f64() * 100.0;
     server.stop().await;
@@ -603,22 +693,38 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
         mock.set_state(&format!("seed-{i}"), jobhook::mock::MockState::Completed);
     }
     let base = mock.spawn().await?;
-    let env = jobhook_env(&db, &[
-        ("JOBHOOK_PICTORY_API_KEY", "pictai_bench".into()),
-        ("JOBHOOK_PICTORY_BASE_URL", base),
-        ("JOBHOOK_RECONCILE_RATE", rate.to_string()),
-    ]);
+    let env = jobhook_env(
+        &db,
+        &[
+            ("JOBHOOK_PICTORY_API_KEY", "pictai_bench".into()),
+            ("JOBHOOK_PICTORY_BASE_URL", base),
+            ("JOBHOOK_RECONCILE_RATE", rate.to_string()),
+        ],
+    );
     let server = Server::start(&["jobhook"], &env).await?;
-    let window = Duration::from_secs(if settings.duration.as_secs() < 5 { 5 } else { 10 });
+    let window = Duration::from_secs(if settings.duration.as_secs() < 5 {
+        5
+    } else {
+        10
+    });
     tokio::time::sleep(Duration::from_secs(1) + window).await;
     server.stop().await;
     let calls: Vec<i64> = mock.get_calls().iter().map(|c| c.at_ms).collect();
     let busiest = calls
         .iter()
-        .map(|&start| calls.iter().filter(|&&t| t >= start && t < start + 1000).count())
+        .map(|&start| {
+            calls
+                .iter()
+                .filter(|&&t| t >= start && t < start + 1000)
+                .count()
+        })
         .max()
         .unwrap_or(0);
-    let steady: Vec<i64> = calls.iter().copied().filter(|&t| t >= calls[0] + 1000).collect();
+    let steady: Vec<i64> = calls
+        .iter()
+        .copied()
+        .filter(|&t| t >= calls[0] + 1000)
+        .collect();
     let sustained = if steady.len() > 1 {
         (steady.len() - 1) as f64 / ((steady[steady.len() - 1] - steady[0]) as f64 / 1000.0)
     } else {

@@ -1,7 +1,7 @@
 //! Writes shared by every path that changes a job: history entries, status moves, matching
 //! deliveries to jobs, finishing submissions. Each takes the caller's transaction.
 
-use super::outbox::record_change;
+use super::outbox::{enqueue_notifications, record_change};
 use super::rows::{job_from_row, JOB_COLUMNS};
 use super::{corrupt, Tx};
 use crate::domain::{plan_report, Cause, Job, JobStatus, ReportPlan};
@@ -17,7 +17,7 @@ pub(super) async fn job_by_pk(tx: &mut Tx<'_>, pk: i64) -> Result<Job, StoreErro
     job_from_row(&row)
 }
 
-/// Appends a history entry and makes it the job's newest change.
+/// Appends a history entry; a trigger makes it the job's newest change (`seq`, `updated_at`).
 pub(super) async fn append_event(
     tx: &mut Tx<'_>,
     job_pk: i64,
@@ -34,12 +34,6 @@ pub(super) async fn append_event(
     .bind(detail.to_string())
     .fetch_one(&mut **tx)
     .await?;
-    sqlx::query("UPDATE jobs SET seq = $1, updated_at = $2 WHERE id = $3")
-        .bind(id)
-        .bind(now)
-        .bind(job_pk)
-        .execute(&mut **tx)
-        .await?;
     Ok(id)
 }
 
@@ -74,43 +68,62 @@ pub(super) async fn ensure_job(
     Ok((pk, false))
 }
 
-/// Finds the job a delivery belongs to: the submission its key names first, else the body's job id.
+/// Finds the job a delivery belongs to: the submission its key names first, else the body's job
+/// id, which starts tracking a job jobhook did not know. Returns the job and whether it is new
+/// (its `registered` entry is then the caller's to write).
 pub(super) async fn resolve_job(
     tx: &mut Tx<'_>,
     job_id: Option<&str>,
     submission_id: Option<&str>,
     first_poll_at: Option<i64>,
     now: i64,
-) -> Result<Option<i64>, StoreError> {
+) -> Result<Option<(Job, bool)>, StoreError> {
     if let Some(submission_id) = submission_id {
-        let found: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT id, job_id FROM jobs WHERE submission_id = $1")
-                .bind(submission_id)
-                .fetch_optional(&mut **tx)
-                .await?;
-        if let Some((pk, known_id)) = found {
-            if let (None, Some(job_id)) = (known_id, job_id) {
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE submission_id = $1"
+        ))
+        .bind(submission_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = row {
+            let mut job = job_from_row(&row)?;
+            if let (None, Some(job_id)) = (&job.job_id, job_id) {
                 // The submission's Generate call ended ambiguously; the webhook tells us the id.
                 // Only one row may hold a Pictory id, so a clash keeps the id where it is.
-                sqlx::query(
+                let set = sqlx::query(
                     "UPDATE jobs SET job_id = $1 WHERE id = $2 AND job_id IS NULL \
                      AND NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)",
                 )
                 .bind(job_id)
-                .bind(pk)
+                .bind(job.pk)
                 .execute(&mut **tx)
                 .await?;
+                if set.rows_affected() == 1 {
+                    job.job_id = Some(job_id.to_owned());
+                }
             }
-            return Ok(Some(pk));
+            return Ok(Some((job, false)));
         }
     }
-    match job_id {
-        Some(job_id) => {
-            let (pk, _) = ensure_job(tx, job_id, None, Cause::Webhook, first_poll_at, now).await?;
-            Ok(Some(pk))
-        }
-        None => Ok(None),
-    }
+    let Some(job_id) = job_id else {
+        return Ok(None);
+    };
+    // One statement either way: a new row, or the existing one (the no-op update makes
+    // RETURNING give it back). A job that exists has history, so `seq` > 0; a new one has none.
+    let row = sqlx::query(&format!(
+        "INSERT INTO jobs (job_id, status, created_at, updated_at, next_poll_at) \
+         VALUES ($1, $2, $3, $3, $4) ON CONFLICT (job_id) DO UPDATE SET job_id = excluded.job_id \
+         RETURNING {JOB_COLUMNS}"
+    ))
+    .bind(job_id)
+    .bind(JobStatus::Pending.as_str())
+    .bind(now)
+    .bind(first_poll_at)
+    .fetch_one(&mut **tx)
+    .await?;
+    let job = job_from_row(&row)?;
+    let created = job.seq == 0;
+    Ok(Some((job, created)))
 }
 
 /// Applies a report's plan; the caller has already recorded what brought the report.
@@ -270,40 +283,48 @@ pub(super) fn plan_note(plan: &ReportPlan) -> Value {
 
 /// A delivery (fresh or replayed) as it is recorded on its job.
 pub(super) struct WebhookOnJob<'a> {
-    pub(super) job_pk: i64,
+    pub(super) job: Job,
+    /// The job was created by this delivery: its `registered` entry goes in first.
+    pub(super) created: bool,
     pub(super) delivery_id: i64,
     pub(super) duplicate: bool,
     pub(super) replay: bool,
     pub(super) report: Option<&'a ReportedState>,
     pub(super) look_now: bool,
     pub(super) raw_body: &'a [u8],
+    /// Whether any notification endpoint is configured.
+    pub(super) notify: bool,
 }
 
-/// Records a webhook on its job and applies its report when there is one.
+/// Records a webhook on its job and applies its report when there is one. The hot path of
+/// ingest, so the new state is worked out in memory and written with one UPDATE and one INSERT
+/// of every history entry it makes.
 pub(super) async fn record_webhook(
     tx: &mut Tx<'_>,
     webhook: WebhookOnJob<'_>,
     now: i64,
 ) -> Result<Job, StoreError> {
     let WebhookOnJob {
-        job_pk,
+        mut job,
+        created,
         delivery_id,
         duplicate,
         replay,
         report,
         look_now,
         raw_body,
+        notify,
     } = webhook;
-    let job = job_by_pk(tx, job_pk).await?;
+    let mut entries: Vec<(&str, Value, Option<String>)> = Vec::with_capacity(3);
+    if created {
+        entries.push((
+            "registered",
+            json!({"cause": Cause::Webhook.as_str()}),
+            None,
+        ));
+    }
     // Verify mode: the delivery only says "look now"; the Get Job answer decides.
     let look_now = look_now && !duplicate && !job.status.is_final();
-    if look_now {
-        sqlx::query("UPDATE jobs SET next_poll_at = $1, poll_priority = 1 WHERE id = $2")
-            .bind(now)
-            .bind(job_pk)
-            .execute(&mut **tx)
-            .await?;
-    }
     let plan = match (duplicate, report) {
         (false, Some(report)) => Some(plan_report(job.status, report, Cause::Webhook)),
         _ => None,
@@ -317,25 +338,80 @@ pub(super) async fn record_webhook(
     } else if look_now {
         detail["outcome"] = json!("verifying with Get Job");
     }
-    sqlx::query("UPDATE jobs SET webhook_received_at = $1 WHERE id = $2")
-        .bind(now)
-        .bind(job_pk)
-        .execute(&mut **tx)
-        .await?;
-    append_event(tx, job_pk, "webhook_received", detail, now).await?;
-    if let Some(plan) = plan {
-        // In receive-only mode the webhook body is the last word jobhook has from Pictory.
-        if let Ok(text) = std::str::from_utf8(raw_body) {
-            sqlx::query("UPDATE jobs SET raw_response = $1 WHERE id = $2")
-                .bind(text)
-                .bind(job_pk)
-                .execute(&mut **tx)
-                .await?;
-        }
-        let job = job_by_pk(tx, job_pk).await?;
-        apply_plan(tx, &job, &plan, Cause::Webhook, now).await?;
+    entries.push(("webhook_received", detail, None));
+
+    job.webhook_received_at = Some(now);
+    job.updated_at = now;
+    if look_now {
+        job.next_poll_at = Some(now);
     }
-    job_by_pk(tx, job_pk).await
+    // In receive-only mode the webhook body is the last word jobhook has from Pictory.
+    let raw = plan
+        .as_ref()
+        .and_then(|_| std::str::from_utf8(raw_body).ok());
+    let from = job.status;
+    let moved = match plan {
+        Some(ReportPlan::Move {
+            to,
+            output,
+            error,
+            resolved_by,
+        }) => {
+            job.status = to;
+            job.output = output.or(job.output.take());
+            job.error = error.or(job.error.take());
+            job.resolved_by = resolved_by.map(str::to_owned).or(job.resolved_by.take());
+            if to.is_final() {
+                job.completed_at = Some(now);
+                job.next_poll_at = None;
+            }
+            let detail =
+                json!({"from": from.as_str(), "to": to.as_str(), "cause": Cause::Webhook.as_str()});
+            let snapshot = serde_json::to_string(&job.view()).map_err(corrupt)?;
+            entries.push(("status_changed", detail, Some(snapshot)));
+            true
+        }
+        _ => false,
+    };
+
+    sqlx::query(
+        "UPDATE jobs SET status = $1, output = $2, error = $3, resolved_by = $4, \
+         completed_at = $5, webhook_received_at = $6, next_poll_at = $7, \
+         poll_priority = CASE WHEN $8 THEN 1 ELSE poll_priority END, \
+         raw_response = COALESCE($9, raw_response) WHERE id = $10",
+    )
+    .bind(job.status.as_str())
+    .bind(json_text(&job.output)?)
+    .bind(json_text(&job.error)?)
+    .bind(job.resolved_by.as_deref())
+    .bind(job.completed_at)
+    .bind(job.webhook_received_at)
+    .bind(job.next_poll_at)
+    .bind(look_now)
+    .bind(raw)
+    .bind(job.pk)
+    .execute(&mut **tx)
+    .await?;
+
+    let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO job_events (job_pk, at, kind, detail, snapshot) ",
+    );
+    insert.push_values(&entries, |mut row, (kind, detail, snapshot)| {
+        row.push_bind(job.pk)
+            .push_bind(now)
+            .push_bind(*kind)
+            .push_bind(detail.to_string())
+            .push_bind(snapshot.clone());
+    });
+    insert.push(" RETURNING id, kind");
+    let ids: Vec<(i64, String)> = insert.build_query_as().fetch_all(&mut **tx).await?;
+    job.seq = ids.iter().map(|(id, _)| *id).max().unwrap_or(job.seq);
+    if moved && notify {
+        if let Some((change_id, _)) = ids.iter().find(|(_, kind)| kind == "status_changed") {
+            enqueue_notifications(tx, *change_id, &job, now).await?;
+        }
+    }
+    Ok(job)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -367,4 +443,12 @@ pub(super) async fn insert_delivery(
     .fetch_optional(&mut **tx)
     .await?;
     Ok(id)
+}
+
+/// An optional value as JSON text for a TEXT column.
+fn json_text<T: serde::Serialize>(value: &Option<T>) -> Result<Option<String>, StoreError> {
+    value
+        .as_ref()
+        .map(|v| serde_json::to_string(v).map_err(corrupt))
+        .transpose()
 }

@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod history;
@@ -23,7 +25,7 @@ mod webhooks;
 
 use history::{
     append_event, apply_plan, ensure_job, finish_one, job_by_pk, moved_to, record_webhook,
-    WebhookOnJob,
+    resolve_job, WebhookOnJob,
 };
 use outbox::{notification_from_row, NOTIFICATION_COLUMNS};
 use rows::{delivery_from_row, job_from_row, DELIVERY_COLUMNS, DELIVERY_FROM, JOB_COLUMNS};
@@ -34,6 +36,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Whether any notification route exists (saves the outbox statements when none does).
+    notify: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -62,7 +66,11 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            notify: Arc::new(AtomicBool::new(false)),
+        })
     }
 }
 
@@ -105,7 +113,7 @@ impl Store for SqliteStore {
 
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let ingested = ingest_one(&mut tx, delivery).await?;
+        let ingested = ingest_one(&mut tx, delivery, self.notify.load(Ordering::Relaxed)).await?;
         tx.commit().await?;
         Ok(ingested)
     }
@@ -114,25 +122,28 @@ impl Store for SqliteStore {
         &self,
         deliveries: Vec<NewDelivery>,
     ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
-        // One transaction, one fsync, for the whole batch; a savepoint per delivery, so one
-        // that fails is answered alone and the others still commit.
+        // One transaction and one fsync for the whole batch. A delivery that fails rolls the
+        // batch back, and then each is stored on its own, so one bad delivery is answered
+        // alone while the others still commit.
+        let notify = self.notify.load(Ordering::Relaxed);
         let mut tx = self.writer.begin().await?;
         let mut results = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
-            match ingest_one(&mut savepoint, delivery).await {
-                Ok(ingested) => {
-                    savepoint.commit().await?;
-                    results.push(Ok(ingested));
-                }
+        for delivery in &deliveries {
+            match ingest_one(&mut tx, delivery.clone(), notify).await {
+                Ok(ingested) => results.push(ingested),
                 Err(err) => {
-                    savepoint.rollback().await?;
-                    results.push(Err(err));
+                    tracing::warn!(error = %err, "a delivery failed inside a batch; storing one by one");
+                    tx.rollback().await?;
+                    let mut alone = Vec::with_capacity(deliveries.len());
+                    for delivery in deliveries {
+                        alone.push(self.ingest(delivery).await);
+                    }
+                    return Ok(alone);
                 }
             }
         }
         tx.commit().await?;
-        Ok(results)
+        Ok(results.into_iter().map(Ok).collect())
     }
 
     async fn replay(
@@ -157,12 +168,12 @@ impl Store for SqliteStore {
                 "the delivery's body was pruned by retention".into(),
             )));
         };
-        let job_pk = match (job_pk, again.job_id.as_deref()) {
-            (Some(pk), _) => pk,
+        let (job, created) = match (job_pk, again.job_id.as_deref()) {
+            (Some(pk), _) => (job_by_pk(&mut tx, pk).await?, false),
             (None, Some(job_id)) => {
-                ensure_job(&mut tx, job_id, None, Cause::Api, again.first_poll_at, now)
+                resolve_job(&mut tx, Some(job_id), None, again.first_poll_at, now)
                     .await?
-                    .0
+                    .ok_or_else(|| corrupt("a job id that resolves to no job"))?
             }
             (None, None) => {
                 return Ok(Some(Replayed::NotApplicable(
@@ -171,13 +182,15 @@ impl Store for SqliteStore {
             }
         };
         let webhook = WebhookOnJob {
-            job_pk,
+            job,
+            created,
             delivery_id,
             duplicate: false,
             replay: true,
             report: again.report.as_ref(),
             look_now: again.look_now,
             raw_body: &body,
+            notify: self.notify.load(Ordering::Relaxed),
         };
         let job = record_webhook(&mut tx, webhook, now).await?;
         tx.commit().await?;
@@ -717,6 +730,10 @@ impl Store for SqliteStore {
     }
 
     async fn set_notify_routes(&self, routes: &[NotifyRoute]) -> Result<(), StoreError> {
+        self.notify.store(
+            routes.iter().any(|r| !r.events.is_empty()),
+            Ordering::Relaxed,
+        );
         let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM notify_routes")
             .execute(&mut *tx)

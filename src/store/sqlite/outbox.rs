@@ -56,6 +56,17 @@ pub(super) async fn record_change(
         .bind(change_id)
         .execute(&mut **tx)
         .await?;
+    enqueue_notifications(tx, change_id, job, now).await
+}
+
+/// One notification per endpoint that wants this change, in the outbox.
+pub(super) async fn enqueue_notifications(
+    tx: &mut Tx<'_>,
+    change_id: i64,
+    job: &Job,
+    now: i64,
+) -> Result<(), StoreError> {
+    let view = job.view();
     let types = std::iter::once("job.updated").chain(specific_event(job.status));
     for event_type in types {
         let payload = json!({"type": event_type, "timestamp": rfc3339(now), "data": view});

@@ -5,9 +5,11 @@ use super::{corrupt, Tx};
 use crate::store::{DeliveryOutcome, DeliveryTarget, Ingested, NewDelivery, StoreError};
 use sha2::{Digest, Sha256};
 
+/// `notify`: whether any notification endpoint is configured.
 pub(super) async fn ingest_one(
     tx: &mut Tx<'_>,
     delivery: NewDelivery,
+    notify: bool,
 ) -> Result<Ingested, StoreError> {
     let now = delivery.received_at;
     let sha = Sha256::digest(&delivery.body);
@@ -44,7 +46,8 @@ pub(super) async fn ingest_one(
             *first_poll_at,
         ),
     };
-    let Some(job_pk) = resolve_job(tx, job_id, submission_id, first_poll_at, now).await? else {
+    let Some((job, created)) = resolve_job(tx, job_id, submission_id, first_poll_at, now).await?
+    else {
         let reason = "the submission this URL names is not tracked and the body has no job id";
         let id = insert_delivery(
             tx,
@@ -63,6 +66,7 @@ pub(super) async fn ingest_one(
             job: None,
         });
     };
+    let job_pk = job.pk;
     let accepted = insert_delivery(
         tx,
         &delivery,
@@ -99,13 +103,15 @@ pub(super) async fn ingest_one(
         }
     };
     let webhook = WebhookOnJob {
-        job_pk,
+        job,
+        created,
         delivery_id,
         duplicate: outcome == DeliveryOutcome::Duplicate,
         replay: false,
         report,
         look_now,
         raw_body: &delivery.body,
+        notify,
     };
     let job = record_webhook(tx, webhook, now).await?;
     Ok(Ingested {
