@@ -1,13 +1,20 @@
-//! In-process fan-out of job changes, so long-polls wait without asking the database.
+//! In-process fan-out of job changes, and the cache of rendered jobs they invalidate.
 //!
-//! Every write that touches a job publishes it here after the commit; a waiter re-reads its job
-//! only when that job changed (or when it fell behind and cannot know).
+//! Every write that touches a job publishes it here after the commit; a long-poll re-reads its
+//! job only when that job changed (or when it fell behind and cannot know), and the cache of
+//! rendered job JSON drops the job before anyone is told.
 
 use crate::domain::{Job, JobStatus};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
 /// Changes buffered per subscriber before it is told it lagged.
 const CAPACITY: usize = 4096;
+/// Rendered jobs kept; past this the cache starts over (cheap, and never wrong).
+const CACHE_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobChange {
@@ -18,6 +25,7 @@ pub struct JobChange {
 #[derive(Debug, Clone)]
 pub struct Changes {
     sender: broadcast::Sender<JobChange>,
+    cache: Arc<RenderedJobs>,
 }
 
 impl Default for Changes {
@@ -26,14 +34,44 @@ impl Default for Changes {
     }
 }
 
+/// Job JSON by the id it was asked for, with the generation it was read at.
+#[derive(Debug, Default)]
+struct RenderedJobs {
+    /// Bumped by every change; a read that saw an older generation is not cached.
+    generation: AtomicU64,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    by_id: HashMap<String, (i64, Bytes)>,
+    ids_of: HashMap<i64, Vec<String>>,
+}
+
+fn lock(entries: &Mutex<Entries>) -> MutexGuard<'_, Entries> {
+    entries
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Changes {
     pub fn new() -> Changes {
         Changes {
             sender: broadcast::channel(CAPACITY).0,
+            cache: Arc::default(),
         }
     }
 
     pub fn publish(&self, job: &Job) {
+        {
+            let mut entries = lock(&self.cache.entries);
+            self.cache.generation.fetch_add(1, Ordering::SeqCst);
+            if let Some(ids) = entries.ids_of.remove(&job.pk) {
+                for id in ids {
+                    entries.by_id.remove(&id);
+                }
+            }
+        }
         // No subscriber is fine: nobody is waiting.
         let _ = self.sender.send(JobChange {
             pk: job.pk,
@@ -43,5 +81,84 @@ impl Changes {
 
     pub fn subscribe(&self) -> broadcast::Receiver<JobChange> {
         self.sender.subscribe()
+    }
+
+    /// The generation to pass to [`Changes::remember`] for a read starting now.
+    pub fn generation(&self) -> u64 {
+        self.cache.generation.load(Ordering::SeqCst)
+    }
+
+    /// The rendered job last remembered under `id`, if nothing changed it since.
+    pub fn cached(&self, id: &str) -> Option<Bytes> {
+        lock(&self.cache.entries)
+            .by_id
+            .get(id)
+            .map(|(_, json)| json.clone())
+    }
+
+    /// Keeps a rendered job, unless any job changed since `generation` (the read may be stale).
+    pub fn remember(&self, id: &str, pk: i64, json: Bytes, generation: u64) {
+        let mut entries = lock(&self.cache.entries);
+        if self.cache.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        if entries.by_id.len() >= CACHE_ENTRIES {
+            entries.by_id.clear();
+            entries.ids_of.clear();
+        }
+        entries.by_id.insert(id.to_owned(), (pk, json));
+        entries.ids_of.entry(pk).or_default().push(id.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Job;
+
+    fn job(pk: i64) -> Job {
+        Job {
+            pk,
+            job_id: Some(format!("j{pk}")),
+            submission_id: None,
+            status: JobStatus::Pending,
+            output: None,
+            error: None,
+            metadata: None,
+            request: None,
+            resolved_by: None,
+            poll_count: 0,
+            created_at: 0,
+            updated_at: 0,
+            completed_at: None,
+            webhook_received_at: None,
+            last_polled_at: None,
+            next_poll_at: None,
+            seq: 1,
+        }
+    }
+
+    #[test]
+    fn a_change_drops_the_job_under_every_id_it_was_cached_by() {
+        let changes = Changes::new();
+        let generation = changes.generation();
+        changes.remember("j1", 1, Bytes::from_static(b"one"), generation);
+        changes.remember("sub-1", 1, Bytes::from_static(b"one"), generation);
+        changes.remember("j2", 2, Bytes::from_static(b"two"), generation);
+        assert_eq!(changes.cached("sub-1").as_deref(), Some(&b"one"[..]));
+        changes.publish(&job(1));
+        assert_eq!(changes.cached("j1"), None);
+        assert_eq!(changes.cached("sub-1"), None);
+        assert_eq!(changes.cached("j2").as_deref(), Some(&b"two"[..]));
+    }
+
+    #[test]
+    fn a_read_that_raced_a_change_is_not_cached() {
+        let changes = Changes::new();
+        let generation = changes.generation();
+        // A write commits and publishes between the read and its remember().
+        changes.publish(&job(1));
+        changes.remember("j1", 1, Bytes::from_static(b"stale"), generation);
+        assert_eq!(changes.cached("j1"), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The one rate limit all Get Job calls share: at most `rate` calls in any one-second window,
-//! bursts included. Time is passed in (unix ms), so the limiter is exact under test.
+//! bursts included, spread evenly (one every `1/rate` s) rather than fired in bursts. Time is
+//! passed in (unix ms), so the limiter is exact under test.
 
 use std::collections::VecDeque;
 
@@ -9,6 +10,8 @@ const WINDOW_MS: i64 = 1000;
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: usize,
+    /// Calls are spread evenly: at least this long between two starts.
+    spacing_ms: i64,
     /// Start times of the most recent calls, oldest first, at most `rate` of them.
     recent: VecDeque<i64>,
     /// No call before this (a 429's Retry-After holds everyone back).
@@ -20,6 +23,7 @@ impl RateLimiter {
         let rate = rate.max(1) as usize;
         RateLimiter {
             rate,
+            spacing_ms: WINDOW_MS / rate as i64,
             recent: VecDeque::with_capacity(rate),
             hold_until: i64::MIN,
         }
@@ -37,17 +41,9 @@ impl RateLimiter {
         true
     }
 
-    /// How many calls could start at `now`.
+    /// How many calls could start at `now`: at most one, since calls are spread evenly.
     pub fn available(&self, now: i64) -> usize {
-        if now < self.hold_until {
-            return 0;
-        }
-        let in_window = self
-            .recent
-            .iter()
-            .filter(|&&t| t + WINDOW_MS >= now)
-            .count();
-        self.rate - in_window
+        usize::from(self.free_at(now) <= now)
     }
 
     /// The earliest time (≥ now) at which a call may start.
@@ -60,7 +56,11 @@ impl RateLimiter {
                 .front()
                 .map_or(now, |&oldest| (oldest + WINDOW_MS + 1).max(now))
         };
-        window_free.max(self.hold_until)
+        let spaced = self
+            .recent
+            .back()
+            .map_or(now, |&last| last + self.spacing_ms);
+        window_free.max(spaced).max(self.hold_until)
     }
 
     /// Holds every call back until `until` (a 429's Retry-After).
@@ -101,6 +101,10 @@ mod tests {
             }
         }
         assert_eq!(busiest_window(&calls), 5);
+        assert!(
+            calls.windows(2).all(|w| w[1] - w[0] >= 200),
+            "spread evenly, no bursts"
+        );
         // And the rate is sustained: 1000 calls at 5 per second take about 200 seconds.
         let elapsed = calls.last().unwrap() - calls.first().unwrap();
         assert!((199_000..=200_500).contains(&elapsed), "{elapsed} ms");

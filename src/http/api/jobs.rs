@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Duration;
@@ -193,13 +194,16 @@ pub async fn get_job(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<GetJobQuery>,
-) -> Result<Json<JobView>, ApiError> {
+) -> Result<Response, ApiError> {
     let wait = parse_wait(query.wait.as_deref())?;
+    if wait.is_none() {
+        return read_job(&state, &id).await;
+    }
     // Subscribe before the first read, so a change between the two is not missed.
     let mut changes = state.changes.subscribe();
     let job = find_job(&state, &id).await?;
     let Some(wait) = wait.filter(|_| !job.status.is_final()) else {
-        return Ok(Json(job.view()));
+        return Ok(Json(job.view()).into_response());
     };
     let give_up = tokio::time::sleep(wait);
     tokio::pin!(give_up);
@@ -212,7 +216,7 @@ pub async fn get_job(
                 Ok(_) | Err(RecvError::Lagged(_)) => {
                     let now = find_job(&state, &id).await?;
                     if now.status.is_final() {
-                        return Ok(Json(now.view()));
+                        return Ok(Json(now.view()).into_response());
                     }
                 }
                 Err(RecvError::Closed) => break,
@@ -221,7 +225,24 @@ pub async fn get_job(
             _ = state.stopping.cancelled() => break,
         }
     }
-    Ok(Json(find_job(&state, &id).await?.view()))
+    Ok(Json(find_job(&state, &id).await?.view()).into_response())
+}
+
+/// A plain read, served from the cache of rendered jobs when nothing changed the job since.
+async fn read_job(state: &AppState, id: &str) -> Result<Response, ApiError> {
+    let json = match state.changes.cached(id) {
+        Some(json) => json,
+        None => {
+            let generation = state.changes.generation();
+            let job = find_job(state, id).await?;
+            let json = Bytes::from(
+                serde_json::to_vec(&job.view()).map_err(|e| ApiError::Internal(e.into()))?,
+            );
+            state.changes.remember(id, job.pk, json.clone(), generation);
+            json
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 /// The last Pictory response for the job, verbatim.
