@@ -100,6 +100,17 @@ impl Service {
             .set_notify_routes(&routes)
             .await
             .context("cannot store the notification routes")?;
+        // SQLite has one process: whatever a poller or notifier held when it died is due now.
+        let released = store
+            .release_leases(clock.now_ms())
+            .await
+            .context("cannot release the leases of a previous run")?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "polls and notifications interrupted by the last stop are due again"
+            );
+        }
         let state = AppState::new(config, store, clock)?;
         // A crash mid-submission leaves records whose Generate call may have reached Pictory.
         let recovered = state

@@ -23,6 +23,8 @@ CREATE TABLE jobs (
     next_poll_at        INTEGER,
     -- 1 marks a "look now" from a webhook, served before the regular schedule
     poll_priority       INTEGER NOT NULL DEFAULT 0,
+    -- 1 while a poller holds the job (next_poll_at is then the end of its lease)
+    leased              INTEGER NOT NULL DEFAULT 0,
     -- id of the newest history entry: orders "newest change first"
     seq                 INTEGER NOT NULL DEFAULT 0,
     CHECK (job_id IS NOT NULL OR submission_id IS NOT NULL)
@@ -30,6 +32,7 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_by_seq ON jobs (seq);
 CREATE INDEX jobs_by_status_seq ON jobs (status, seq);
 CREATE INDEX jobs_by_due ON jobs (poll_priority, next_poll_at) WHERE next_poll_at IS NOT NULL;
+CREATE INDEX jobs_leased ON jobs (id) WHERE leased = 1;
 
 -- AUTOINCREMENT: ids are never reused, so they can serve as stream positions.
 -- Status changes double as the event stream (GET /v1/events): their ids are the stream ids, and
@@ -66,6 +69,8 @@ CREATE TABLE notifications (
     -- attempts since the last manual retry: the position in notify.retry_schedule
     round_attempts  INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER,
+    -- 1 while a notifier holds it (next_attempt_at is then the end of its lease)
+    leased          INTEGER NOT NULL DEFAULT 0,
     last_status     INTEGER,
     last_error      TEXT,
     created_at      INTEGER NOT NULL,
@@ -74,6 +79,7 @@ CREATE TABLE notifications (
 );
 CREATE INDEX notifications_due ON notifications (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX notifications_by_state ON notifications (state, id);
+CREATE INDEX notifications_leased ON notifications (id) WHERE leased = 1;
 
 -- Which endpoint wants which event type: rewritten from the configuration at every start.
 CREATE TABLE notify_routes (

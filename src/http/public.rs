@@ -7,6 +7,7 @@ use crate::state::AppState;
 use crate::store::{DeliveryOutcome, DeliveryTarget, NewDelivery};
 use crate::webhook_key::KeyScope;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,21 +27,35 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Largest total size of a delivery's headers; they are archived with it.
+const HEADER_LIMIT: usize = 32 * 1024;
+
 /// Headers whose values are credentials and are not archived.
 const REDACTED_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
 /// `POST /webhooks/pictory/{key}`: store first, answer after the commit.
 async fn receive_webhook(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // A wrong key learns nothing and costs nothing: no body read, nothing stored.
-    let Some(scope) = state.webhook_keys.check(&key) else {
-        return Err(ApiError::NotFound("no such webhook endpoint".into()));
-    };
+    // A wrong key (even one that is not UTF-8) learns nothing and costs nothing: no body read,
+    // nothing stored.
+    let scope = key
+        .ok()
+        .and_then(|Path(key)| state.webhook_keys.check(&key))
+        .ok_or_else(|| ApiError::NotFound("no such webhook endpoint".into()))?;
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > HEADER_LIMIT {
+        return Err(ApiError::HeadersTooLarge(format!(
+            "request headers are larger than {HEADER_LIMIT} bytes"
+        )));
+    }
     let body = read_limited(&state, &headers, body).await?;
     let received_at = state.now_ms();
     let archive = |target| NewDelivery {

@@ -194,6 +194,9 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets idempotency keys made before `before`.
     async fn prune_idempotency_keys(&self, before: i64) -> Result<u64, StoreError>;
 
+    /// At start-up of the only process using the database: work leased by a process that died
+    /// is due again now instead of when its lease would have run out. Returns how many.
+    async fn release_leases(&self, now: i64) -> Result<u64, StoreError>;
     /// The id of the newest status change (0 when there is none).
     async fn latest_change_id(&self) -> Result<i64, StoreError>;
     /// Status changes after `after`, oldest first.

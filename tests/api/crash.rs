@@ -311,3 +311,265 @@ async fn a_submission_killed_mid_call_stays_visible_and_is_never_sent_twice() {
         "no second call after the restart"
     );
 }
+
+/// A notification receiver that records every delivery it gets.
+#[derive(Clone, Default)]
+struct Inbox {
+    messages: Arc<Mutex<Vec<(String, Value)>>>,
+    arrived: Arc<tokio::sync::Notify>,
+}
+
+impl Inbox {
+    /// Distinct jobs notified so far.
+    fn jobs(&self) -> std::collections::HashSet<String> {
+        let messages = self.messages.lock().unwrap();
+        messages
+            .iter()
+            .filter_map(|(_, body)| body["data"]["job_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    async fn wait_for_jobs(&self, expected: &std::collections::HashSet<String>) {
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                let arrived = self.arrived.notified();
+                if expected.is_subset(&self.jobs()) {
+                    return;
+                }
+                arrived.await;
+            }
+        })
+        .await;
+        let notified = self.jobs();
+        let missing: Vec<&String> = expected.difference(&notified).collect();
+        assert!(waited.is_ok(), "notifications never sent for {missing:?}");
+    }
+}
+
+async fn start_inbox() -> (Inbox, String) {
+    let inbox = Inbox::default();
+    let recorder = inbox.clone();
+    let app = axum::Router::new().route(
+        "/inbox",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let recorder = recorder.clone();
+            async move {
+                let id = headers["webhook-id"].to_str().unwrap_or("").to_owned();
+                let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                recorder.messages.lock().unwrap().push((id, body));
+                recorder.arrived.notify_waiters();
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/inbox", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (inbox, url)
+}
+
+#[tokio::test]
+async fn twenty_kill_9_rounds_under_mixed_load_lose_nothing_and_charge_once() {
+    use jobhook::domain::time::SystemClock;
+    use jobhook::mock::{MockOptions, MockPictory, MockState};
+    use rand::{Rng, SeedableRng};
+
+    let mock = MockPictory::new(
+        MockOptions {
+            job_duration: std::time::Duration::from_millis(100),
+            ..MockOptions::default()
+        },
+        Arc::new(SystemClock),
+    );
+    let base_url = mock.spawn().await.unwrap();
+    let (inbox, inbox_url) = start_inbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("jobhook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[reconcile]\ngrace = \"1s\"\ninterval = \"1s\"\nmax_interval = \"2s\"\nrate = 100\n\
+             [[notify.endpoints]]\nurl = \"{inbox_url}\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+             events = [\"job.completed\", \"job.failed\"]\n"
+        ),
+    )
+    .unwrap();
+    let config_path = config.display().to_string();
+    let env = [
+        ("JOBHOOK_PICTORY_API_KEY", "pictai_crash_test"),
+        ("JOBHOOK_PICTORY_BASE_URL", base_url.as_str()),
+        ("JOBHOOK_CONFIG", config_path.as_str()),
+    ];
+    let db = dir.path().join("rounds.db");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    let delivered: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let submitted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let rounds = 20;
+    for round in 0..rounds {
+        let mut service = start_with(&db, &env).await;
+        let mut load = Vec::new();
+        for worker in 0..3 {
+            let client = service.client.clone();
+            let url = service.webhook_url.clone();
+            let api = service.api.clone();
+            let mock = mock.clone();
+            let delivered = delivered.clone();
+            let submitted = submitted.clone();
+            load.push(tokio::spawn(async move {
+                for n in 0.. {
+                    if worker == 0 {
+                        // Submissions through jobhook, each with its own key.
+                        let sent = client
+                            .post(format!("{api}/v1/videos"))
+                            .bearer_auth(TOKEN)
+                            .header("idempotency-key", format!("k-{round}-{n}"))
+                            .json(
+                                &serde_json::json!({"prompt": format!("round {round} video {n}")}),
+                            )
+                            .send()
+                            .await;
+                        let Ok(response) = sent else { return };
+                        if !response.status().is_success() {
+                            return;
+                        }
+                        let Ok(job) = response.json::<Value>().await else {
+                            return;
+                        };
+                        submitted
+                            .lock()
+                            .unwrap()
+                            .push(job["submission_id"].as_str().unwrap().to_owned());
+                    } else {
+                        // Webhooks for jobs submitted elsewhere.
+                        let job = format!("mix-{round}-{worker}-{n}");
+                        mock.set_state(&job, MockState::Completed);
+                        let body = mock.job_body(&job).unwrap().to_string();
+                        let Ok(response) = client.post(&url).body(body).send().await else {
+                            return;
+                        };
+                        if response.status() != 200 {
+                            return;
+                        }
+                        let Ok(ack) = response.json::<Value>().await else {
+                            return;
+                        };
+                        delivered
+                            .lock()
+                            .unwrap()
+                            .push((job, ack["delivery_id"].as_i64().unwrap()));
+                    }
+                }
+            }));
+        }
+        let alive = std::time::Duration::from_millis(rng.gen_range(80..400));
+        tokio::time::sleep(alive).await;
+        service.child.kill().await.unwrap();
+        for task in load {
+            task.await.unwrap();
+        }
+    }
+
+    // One last start: everything acknowledged must be there and must reach a final status.
+    let service = start_with(&db, &env).await;
+    let delivered = delivered.lock().unwrap().clone();
+    let submitted = submitted.lock().unwrap().clone();
+    assert!(
+        delivered.len() > rounds && !submitted.is_empty(),
+        "load ran: {} {}",
+        delivered.len(),
+        submitted.len()
+    );
+    for (job, delivery_id) in &delivered {
+        let delivery = service.get(&format!("/v1/deliveries/{delivery_id}")).await;
+        assert_eq!(
+            delivery.status(),
+            200,
+            "delivery {delivery_id} of {job} was lost"
+        );
+        let job: Value = service
+            .get(&format!("/v1/jobs/{job}?wait=30s"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(job["status"], "completed", "{job}");
+    }
+    for submission in &submitted {
+        let job: Value = service
+            .get(&format!("/v1/jobs/{submission}?wait=30s"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            job["status"], "completed",
+            "an acknowledged submission ends completed: {job}"
+        );
+    }
+    // Never a second paid job: every Generate call belongs to exactly one record.
+    let mut with_ids = 0;
+    let mut cursor: Option<String> = None;
+    let mut pictory_ids = std::collections::HashSet::new();
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/jobs?limit=500&cursor={c}"),
+            None => "/v1/jobs?limit=500".to_owned(),
+        };
+        let page: Value = service.get(&path).await.json().await.unwrap();
+        for job in page["data"].as_array().unwrap() {
+            if job["submission_id"].is_string() {
+                if let Some(id) = job["job_id"].as_str() {
+                    with_ids += 1;
+                    assert!(
+                        pictory_ids.insert(id.to_owned()),
+                        "two records for one Pictory job"
+                    );
+                }
+                let status = job["status"].as_str().unwrap();
+                assert!(
+                    ["completed", "submit_unknown"].contains(&status),
+                    "a submission left where nothing will move it: {job}"
+                );
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    // Each record made at most one call; a call cut short by the kill leaves its record
+    // submit_unknown without an id (at most one per round).
+    assert!(mock.generate_calls() >= with_ids);
+    assert!(
+        mock.generate_calls() <= with_ids + rounds,
+        "a record made two calls"
+    );
+
+    // No notification lost: every acknowledged job was announced.
+    let mut expected: std::collections::HashSet<String> =
+        delivered.iter().map(|(job, _)| job.clone()).collect();
+    for submission in &submitted {
+        let job: Value = service
+            .get(&format!("/v1/jobs/{submission}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        expected.insert(job["job_id"].as_str().unwrap().to_owned());
+    }
+    inbox.wait_for_jobs(&expected).await;
+
+    // Notifications: one webhook-id per job and event, whatever was resent.
+    let mut ids_of: std::collections::HashMap<(String, String), std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    for (id, body) in inbox.messages.lock().unwrap().iter() {
+        let key = (
+            body["data"]["job_id"].as_str().unwrap_or("").to_owned(),
+            body["type"].as_str().unwrap_or("").to_owned(),
+        );
+        ids_of.entry(key).or_default().insert(id.clone());
+    }
+    for (key, ids) in &ids_of {
+        assert_eq!(ids.len(), 1, "{key:?} was sent under several ids: {ids:?}");
+    }
+}

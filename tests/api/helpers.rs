@@ -442,6 +442,9 @@ impl Store for FaultyStore {
     async fn prune_idempotency_keys(&self, before: i64) -> Result<u64, StoreError> {
         self.inner.prune_idempotency_keys(before).await
     }
+    async fn release_leases(&self, now: i64) -> Result<u64, StoreError> {
+        self.inner.release_leases(now).await
+    }
     async fn latest_change_id(&self) -> Result<i64, StoreError> {
         self.inner.latest_change_id().await
     }

@@ -4,6 +4,8 @@
 
 mod helpers;
 
+mod hostile;
+
 mod cli;
 mod crash;
 mod deliveries;

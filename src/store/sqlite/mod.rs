@@ -553,7 +553,7 @@ impl Store for SqliteStore {
                 break;
             }
             let rows = sqlx::query(
-                "UPDATE jobs SET next_poll_at = $1 WHERE id IN (SELECT id FROM jobs \
+                "UPDATE jobs SET next_poll_at = $1, leased = 1 WHERE id IN (SELECT id FROM jobs \
                  WHERE poll_priority = $2 AND next_poll_at <= $3 AND job_id IS NOT NULL \
                  ORDER BY next_poll_at LIMIT $4) \
                  RETURNING id, job_id, poll_priority, created_at, poll_count",
@@ -609,8 +609,8 @@ impl Store for SqliteStore {
     ) -> Result<Job, StoreError> {
         let mut tx = self.writer.begin().await?;
         sqlx::query(
-            "UPDATE jobs SET poll_count = poll_count + 1, last_polled_at = $1, poll_priority = 0 \
-             WHERE id = $2",
+            "UPDATE jobs SET poll_count = poll_count + 1, last_polled_at = $1, poll_priority = 0, \
+             leased = 0 WHERE id = $2",
         )
         .bind(now)
         .bind(job_pk)
@@ -698,6 +698,24 @@ impl Store for SqliteStore {
         Ok(row)
     }
 
+    async fn release_leases(&self, now: i64) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let jobs = sqlx::query("UPDATE jobs SET next_poll_at = $1, leased = 0 WHERE leased = 1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let notifications = sqlx::query(
+            "UPDATE notifications SET next_attempt_at = $1, leased = 0 WHERE leased = 1",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(jobs + notifications)
+    }
+
     async fn latest_change_id(&self) -> Result<i64, StoreError> {
         let id: Option<i64> =
             sqlx::query_scalar("SELECT MAX(id) FROM job_events WHERE kind = 'status_changed'")
@@ -761,7 +779,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
         let rows = sqlx::query(&format!(
-            "UPDATE notifications SET next_attempt_at = $1 WHERE id IN (SELECT n.id \
+            "UPDATE notifications SET next_attempt_at = $1, leased = 1 WHERE id IN (SELECT n.id \
              FROM notifications n WHERE n.state = 'pending' AND n.next_attempt_at <= $2 \
              AND NOT EXISTS (SELECT 1 FROM notify_endpoints e WHERE e.url = n.endpoint \
              AND e.disabled_at IS NOT NULL) ORDER BY n.next_attempt_at LIMIT $3) \
@@ -798,7 +816,7 @@ impl Store for SqliteStore {
             AttemptOutcome::Gone => ("pending", Some(now), None, "gone"),
         };
         let row = sqlx::query(&format!(
-            "UPDATE notifications SET state = $1, next_attempt_at = $2, delivered_at = $3, \
+            "UPDATE notifications SET state = $1, next_attempt_at = $2, delivered_at = $3, leased = 0, \
              attempts = attempts + 1, round_attempts = round_attempts + 1, last_status = $4, \
              last_error = $5 WHERE id = $6 RETURNING {NOTIFICATION_COLUMNS}"
         ))
