@@ -6,9 +6,10 @@
 //! is simply what queued up while the previous commit ran, so a lone delivery is committed at
 //! once and a storm shares its fsyncs.
 
+use crate::changes::Changes;
 use crate::store::{Ingested, NewDelivery, Store, StoreError};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Most deliveries in one transaction (bounds the latency a batch adds).
 pub const MAX_BATCH: usize = 256;
@@ -24,10 +25,22 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// Starts the writer task over `store`. It ends when every `Ingestor` clone is dropped.
-    pub fn start(store: Arc<dyn Store>) -> Ingestor {
+    /// After each commit it announces the jobs that changed on `changes`, and nudges
+    /// `look_now` (the reconciler) when a delivery asked for a Get Job call: the writer does
+    /// it, so an acknowledged delivery is announced even if its request went away meanwhile.
+    pub fn start(
+        store: Arc<dyn Store>,
+        changes: Changes,
+        look_now: Option<Arc<Notify>>,
+    ) -> Ingestor {
         let (queue, waiting) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(store, waiting));
+        tokio::spawn(write_batches(store, waiting, changes, look_now));
         Ingestor { queue }
+    }
+
+    /// False once the writer task has stopped (then nothing can be stored).
+    pub fn is_running(&self) -> bool {
+        !self.queue.is_closed()
     }
 
     /// Stores a delivery; returns once it is committed.
@@ -43,12 +56,24 @@ impl Ingestor {
     }
 }
 
-async fn write_batches(store: Arc<dyn Store>, mut waiting: mpsc::Receiver<(NewDelivery, Reply)>) {
+async fn write_batches(
+    store: Arc<dyn Store>,
+    mut waiting: mpsc::Receiver<(NewDelivery, Reply)>,
+    changes: Changes,
+    look_now: Option<Arc<Notify>>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (deliveries, replies): (Vec<NewDelivery>, Vec<Reply>) = batch.drain(..).unzip();
+        let asks_for_a_look = deliveries.iter().any(NewDelivery::looks_now);
         match store.ingest_batch(deliveries).await {
             Ok(results) => {
+                for job in results.iter().flatten().filter_map(|i| i.job.as_ref()) {
+                    changes.publish(job);
+                }
+                if let (true, Some(wake)) = (asks_for_a_look, &look_now) {
+                    wake.notify_one();
+                }
                 for (reply, result) in replies.into_iter().zip(results) {
                     // The requester may have gone away; its delivery is stored all the same.
                     let _ = reply.send(result);

@@ -87,6 +87,11 @@ impl AppState {
                 )))
             }
         };
+        let ingestor = Ingestor::start(
+            store_for_ingest,
+            changes.clone(),
+            poller.as_ref().map(|p| p.wake.clone()),
+        );
         Ok(AppState(Arc::new(Inner {
             config,
             store,
@@ -94,7 +99,7 @@ impl AppState {
             metrics,
             poller,
             changes,
-            ingestor: Ingestor::start(store_for_ingest),
+            ingestor,
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
             stopping: CancellationToken::new(),
             webhook_keys,

@@ -23,6 +23,8 @@ pub enum ApiError {
     #[error("{0}")]
     HeadersTooLarge(String),
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{message}")]
     Unprocessable {
@@ -89,6 +91,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidSignature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::HeadersTooLarge(_) => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",

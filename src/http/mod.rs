@@ -19,8 +19,9 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// Upper bound on one public request, so a slow sender cannot hold a connection for ever.
-const PUBLIC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Backstop on one public request; the webhook handler bounds its own waits well inside it
+/// (body 20 s → 408, commit 20 s → 503 with Retry-After).
+const PUBLIC_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request body on the private API.
 const API_BODY_LIMIT: usize = 1024 * 1024;
 

@@ -4,7 +4,7 @@ use super::error::ApiError;
 use crate::pictory::JobReport;
 use crate::signature;
 use crate::state::AppState;
-use crate::store::{DeliveryOutcome, DeliveryTarget, NewDelivery};
+use crate::store::{DeliveryOutcome, DeliveryTarget, Ingested, NewDelivery};
 use crate::webhook_key::KeyScope;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -106,13 +107,7 @@ async fn receive_webhook(
         look_now: verify,
         first_poll_at: state.first_poll_at(received_at),
     };
-    let ingested = state.ingestor.ingest(archive(target)).await?;
-    if let Some(job) = &ingested.job {
-        state.changes.publish(job);
-    }
-    if verify {
-        state.wake_reconciler();
-    }
+    let ingested = store(&state, archive(target)).await?;
     state.metrics.count_delivery(ingested.outcome.as_str());
     match ingested.outcome {
         DeliveryOutcome::Rejected => Err(ApiError::bad_request(
@@ -144,13 +139,31 @@ async fn receive_webhook(
 }
 
 async fn store_rejected(state: &AppState, delivery: NewDelivery) -> Result<(), ApiError> {
-    let ingested = state.ingestor.ingest(delivery).await?;
+    let ingested = store(&state, delivery).await?;
     state.metrics.count_delivery(ingested.outcome.as_str());
     tracing::info!(
         delivery_id = ingested.delivery_id,
         "webhook rejected and archived"
     );
     Ok(())
+}
+
+/// Longest wait for the group commit; past it Pictory is told to retry (the delivery may still
+/// be stored, and the retry is then a duplicate, acknowledged and stored once).
+const STORE_WAIT: Duration = Duration::from_secs(20);
+/// Longest a sender may take to send its body.
+const BODY_WAIT: Duration = Duration::from_secs(20);
+
+async fn store(state: &AppState, delivery: NewDelivery) -> Result<Ingested, ApiError> {
+    match tokio::time::timeout(STORE_WAIT, state.ingestor.ingest(delivery)).await {
+        Ok(stored) => Ok(stored?),
+        Err(_) => {
+            tracing::warn!("a delivery waited too long for its commit; asking the sender to retry");
+            Err(ApiError::Unavailable {
+                retry_after_secs: 5,
+            })
+        }
+    }
 }
 
 /// Reads the body, refusing it as soon as it passes `server.body_limit`.
@@ -169,7 +182,10 @@ async fn read_limited(
         return Err(too_large());
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    axum::body::to_bytes(body, limit).await.map_err(|err| {
+    let read = tokio::time::timeout(BODY_WAIT, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| ApiError::RequestTimeout("the body took too long to arrive".into()))?;
+    read.map_err(|err| {
         let over_limit =
             std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| {
                 e.source()

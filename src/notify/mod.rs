@@ -24,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Request timeout for one delivery (Standard Webhooks suggests 15 to 30 s).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(15);
-/// Notifications sent at once.
-const BATCH: u32 = 32;
+/// Notifications claimed per step.
+const BATCH: usize = 32;
+/// Most deliveries in flight at once, so a backlog never floods an endpoint or our sockets.
+const MAX_IN_FLIGHT: usize = 64;
 /// Longest sleep with nothing due, so work queued by another replica is picked up.
 const IDLE_WAKE_MS: i64 = 30_000;
 
@@ -83,12 +85,20 @@ impl Notifier {
     /// Starts every delivery due at `now`; returns when to step again.
     pub async fn step(&mut self, now: i64) -> Result<i64, StoreError> {
         while self.in_flight.try_join_next().is_some() {}
+        let room = MAX_IN_FLIGHT
+            .saturating_sub(self.in_flight.len())
+            .min(BATCH);
+        if room == 0 {
+            // The run loop wakes as soon as a delivery finishes.
+            return Ok(now + IDLE_WAKE_MS);
+        }
         let lease_until = now + ms(SEND_TIMEOUT) + 30_000;
+        let limit = u32::try_from(room).unwrap_or(u32::MAX);
         let claimed = self
             .store
-            .claim_notifications(now, lease_until, BATCH)
+            .claim_notifications(now, lease_until, limit)
             .await?;
-        let full = claimed.len() as u32 == BATCH;
+        let full = claimed.len() == room;
         for notification in claimed {
             let send = Delivery {
                 changes: self.changes.clone(),

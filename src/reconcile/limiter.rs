@@ -63,6 +63,13 @@ impl RateLimiter {
         window_free.max(spaced).max(self.hold_until)
     }
 
+    /// Returns a slot taken at `at` that was not used.
+    pub fn give_back(&mut self, at: i64) {
+        if self.recent.back() == Some(&at) {
+            self.recent.pop_back();
+        }
+    }
+
     /// Holds every call back until `until` (a 429's Retry-After).
     pub fn hold(&mut self, until: i64) {
         self.hold_until = self.hold_until.max(until);

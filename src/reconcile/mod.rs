@@ -51,7 +51,7 @@ pub struct Poller {
     pause: Mutex<Option<AuthPause>>,
     rng: Mutex<StdRng>,
     /// Nudged when a poll becomes due sooner than the loop planned (a webhook's "look now").
-    pub wake: Notify,
+    pub wake: Arc<Notify>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +96,7 @@ impl Poller {
             config,
             pause: Mutex::new(None),
             rng: Mutex::new(StdRng::from_entropy()),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
         }
     }
 
@@ -278,26 +278,26 @@ impl Reconciler {
             // The run loop wakes as soon as a call finishes.
             return Ok(now + IDLE_WAKE_MS);
         }
-        let wanted = allowed.min(room);
-        if wanted > 0 {
-            // The lease outlives the call's timeout, so a crash mid-call only delays the next poll.
+        if allowed > 0 {
+            // Take the slot before claiming, so a manual refresh racing for it cannot push the
+            // calls above the rate; give it back if nothing turns out to be due.
+            if !lock(&poller.limiter).try_acquire(now) {
+                return Ok(lock(&poller.limiter).free_at(now).max(now + 1));
+            }
+            // The lease outlives the call's timeout; after a crash, start-up releases it.
             let lease_until = now + ms(poller.client_timeout) + 60_000;
-            let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
-            let claimed = poller.store.claim_due(now, lease_until, wanted).await?;
-            for job in &claimed {
-                lock(&poller.limiter).try_acquire(now);
+            let claimed = poller.store.claim_due(now, lease_until, 1).await?;
+            if let Some(job) = claimed.into_iter().next() {
                 let poller = poller.clone();
-                let job = job.clone();
                 self.in_flight.spawn(async move {
                     if let Err(err) = poller.poll(&job).await {
                         tracing::error!(error = %err, job_id = %job.job_id, "cannot record a poll");
                     }
                 });
-            }
-            if claimed.len() as u32 == wanted {
                 // More may be due: come back as soon as the limiter allows.
-                return Ok(lock(&poller.limiter).free_at(now).max(now + 1));
+                return Ok(lock(&self.poller.limiter).free_at(now).max(now + 1));
             }
+            lock(&poller.limiter).give_back(now);
         }
         let next_due = poller.store.next_due().await?.unwrap_or(i64::MAX);
         let wake = next_due.max(if allowed == 0 { retry_at } else { now });

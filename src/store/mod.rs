@@ -38,6 +38,13 @@ pub struct NewDelivery {
     pub target: DeliveryTarget,
 }
 
+impl NewDelivery {
+    /// Whether storing it asks the reconciler for a Get Job call right away.
+    pub fn looks_now(&self) -> bool {
+        matches!(self.target, DeliveryTarget::Job { look_now: true, .. })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum DeliveryTarget {
     /// Archived, not applied to any job.

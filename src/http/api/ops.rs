@@ -16,6 +16,14 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     // Readiness is about taking webhooks: a Pictory problem is reported, not made a 503, so a
     // load balancer keeps sending deliveries while polling is paused.
     let pictory = state.poller.as_ref().and_then(|p| p.problem());
+    if !state.ingestor.is_running() {
+        tracing::error!("the ingest writer has stopped; webhooks cannot be stored");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": "the ingest writer has stopped"})),
+        )
+            .into_response();
+    }
     match state.store.ready(state.now_ms()).await {
         Ok(()) => Json(json!({"status": "ready", "pictory": pictory})).into_response(),
         Err(err) => {

@@ -7,7 +7,7 @@ use super::{
     NotifyRoute, Page, PollOutcome, PollRecord, Registered, RenderResponse, ReplayInput, Replayed,
     Store, StoreError, SubmitOutcome, NOT_FOUND_AFTER,
 };
-use crate::domain::{plan_report, Cause, Job, JobEvent, JobStatus};
+use crate::domain::{plan_report, Cause, Job, JobEvent, JobStatus, ReportPlan};
 use crate::pictory::ReportedState;
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -608,19 +608,25 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<Job, StoreError> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "UPDATE jobs SET poll_count = poll_count + 1, last_polled_at = $1, poll_priority = 0, \
-             leased = 0 WHERE id = $2",
+        // A webhook's "look now" that arrived while a scheduled poll was in flight survives it:
+        // only the poll made for a webhook clears the mark.
+        let looked_for_webhook = poll.cause == Cause::Webhook;
+        let still_wanted: bool = sqlx::query_scalar(
+            "UPDATE jobs SET poll_count = poll_count + 1, last_polled_at = $1, leased = 0, \
+             poll_priority = CASE WHEN $2 THEN 0 ELSE poll_priority END WHERE id = $3 \
+             RETURNING poll_priority = 1",
         )
         .bind(now)
+        .bind(looked_for_webhook)
         .bind(job_pk)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         let mut detail = json!({"outcome": poll.label, "cause": poll.cause.as_str()});
         detail["http_status"] = json!(poll.http_status);
         append_event(&mut tx, job_pk, "polled", detail, now).await?;
 
         let job = job_by_pk(&mut tx, job_pk).await?;
+        let status_before = job.status;
         let not_found = match &poll.outcome {
             PollOutcome::NotFound
             | PollOutcome::Report {
@@ -630,12 +636,15 @@ impl Store for SqliteStore {
             PollOutcome::Report { .. } | PollOutcome::NoAnswer => false,
         };
         if let PollOutcome::Report { state, raw } = &poll.outcome {
-            sqlx::query("UPDATE jobs SET raw_response = $1 WHERE id = $2")
-                .bind(raw)
-                .bind(job_pk)
-                .execute(&mut *tx)
-                .await?;
             let plan = plan_report(job.status, state, poll.cause);
+            // `/raw` keeps the last answer that still says something about the job.
+            if matches!(plan, ReportPlan::Move { .. }) || !job.status.is_final() {
+                sqlx::query("UPDATE jobs SET raw_response = $1 WHERE id = $2")
+                    .bind(raw)
+                    .bind(job_pk)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             apply_plan(&mut tx, &job, &plan, poll.cause, now).await?;
         }
         if not_found {
@@ -676,11 +685,24 @@ impl Store for SqliteStore {
             .await?;
         }
         let job = job_by_pk(&mut tx, job_pk).await?;
-        // Polling stops for final statuses and for the ones only new evidence can move on.
+        // Polling stops for final statuses, for the ones only new evidence can move on, once
+        // the deadline has passed whatever the status, and for a job that new evidence brought
+        // back from `timed_out`/`not_found` (its deadline is long gone; webhooks and refreshes
+        // keep it moving).
+        let revived = matches!(status_before, JobStatus::TimedOut | JobStatus::NotFound)
+            && job.status != status_before;
         let keep_polling = !job.status.is_final()
-            && !matches!(job.status, JobStatus::TimedOut | JobStatus::NotFound);
+            && !matches!(job.status, JobStatus::TimedOut | JobStatus::NotFound)
+            && !poll.deadline_passed
+            && !revived;
+        let next_poll_at = match (keep_polling, still_wanted) {
+            (false, _) => None,
+            // A "look now" is still pending: keep it as it is.
+            (true, true) => job.next_poll_at,
+            (true, false) => Some(poll.next_poll_at),
+        };
         sqlx::query("UPDATE jobs SET next_poll_at = $1 WHERE id = $2")
-            .bind(keep_polling.then_some(poll.next_poll_at))
+            .bind(next_poll_at)
             .bind(job_pk)
             .execute(&mut *tx)
             .await?;
