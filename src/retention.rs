@@ -1,6 +1,7 @@
 //! Prunes raw webhook bodies older than `retention.deliveries`, in small batches so the single
 //! SQLite writer is never held long enough to delay ingest. Jobs and their history are kept.
 
+use crate::http::api::videos::{render_response, twin_wait};
 use crate::state::AppState;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,35 @@ pub async fn sweep_keys(state: &AppState) -> u64 {
         Ok(pruned) => pruned,
         Err(err) => {
             tracing::warn!(error = %err, "pruning idempotency keys failed; will retry");
+            0
+        }
+    }
+}
+
+/// Settles submissions whose request died before recording the Generate outcome (the process
+/// lived on, so start-up recovery did not see them): older than any request can take, they
+/// become `submit_unknown`.
+pub async fn sweep_submissions(state: &AppState) -> usize {
+    let now = state.now_ms();
+    let longest = twin_wait(state.config.pictory.timeout);
+    let before = now.saturating_sub(i64::try_from(longest.as_millis()).unwrap_or(i64::MAX));
+    match state
+        .store
+        .recover_submissions(&|job| render_response(job, &[]), before, now)
+        .await
+    {
+        Ok(jobs) => {
+            for job in &jobs {
+                tracing::warn!(
+                    submission_id = job.submission_id.as_deref().unwrap_or("-"),
+                    "a submission's outcome was never recorded; it is submit_unknown"
+                );
+                state.changes.publish(job);
+            }
+            jobs.len()
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot settle stale submissions; will retry");
             0
         }
     }
@@ -56,6 +86,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         if pruned > 0 {
             tracing::info!(pruned, "pruned old delivery bodies");
         }
+        sweep_submissions(&state).await;
         let keys = sweep_keys(&state).await;
         if keys > 0 {
             tracing::info!(keys, "forgot idempotency keys older than a day");

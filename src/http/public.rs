@@ -1,5 +1,6 @@
 //! The public listener: Pictory's webhooks and `/healthz`, nothing else.
 
+use super::api::jobs::validate_job_id;
 use super::error::ApiError;
 use crate::pictory::JobReport;
 use crate::signature;
@@ -85,6 +86,16 @@ async fn receive_webhook(
         ));
     };
     let report = JobReport::from_json(&parsed);
+    if let Some(id) = report.job_id.as_deref() {
+        if let Err(why) = validate_job_id("job_id", id) {
+            let reason = format!("unusable job id: {why}");
+            store_rejected(&state, archive(DeliveryTarget::Rejected { reason })).await?;
+            return Err(ApiError::bad_request(
+                "invalid_job_id",
+                "the body's job id is longer than 128 characters or holds spaces, control characters or `/`",
+            ));
+        }
+    }
     let submission_id = match scope {
         KeyScope::Submission(id) => Some(id.to_string()),
         KeyScope::Generic => None,

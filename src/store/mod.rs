@@ -191,11 +191,12 @@ pub trait Store: Send + Sync + 'static {
         render: &RenderResponse,
         now: i64,
     ) -> Result<Job, StoreError>;
-    /// After a crash: submissions left `submitting` may or may not have reached Pictory, so
-    /// they become `submit_unknown` (never retried). Returns them.
+    /// Submissions left `submitting` (made before `created_before`) may or may not have reached
+    /// Pictory, so they become `submit_unknown` (never retried). Returns them.
     async fn recover_submissions(
         &self,
         render: &RenderResponse,
+        created_before: i64,
         now: i64,
     ) -> Result<Vec<Job>, StoreError>;
     /// Forgets idempotency keys made before `before`.

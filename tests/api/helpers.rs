@@ -435,9 +435,12 @@ impl Store for FaultyStore {
     async fn recover_submissions(
         &self,
         render: &RenderResponse,
+        created_before: i64,
         now: i64,
     ) -> Result<Vec<Job>, StoreError> {
-        self.inner.recover_submissions(render, now).await
+        self.inner
+            .recover_submissions(render, created_before, now)
+            .await
     }
     async fn prune_idempotency_keys(&self, before: i64) -> Result<u64, StoreError> {
         self.inner.prune_idempotency_keys(before).await

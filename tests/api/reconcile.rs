@@ -492,3 +492,64 @@ async fn idle_reconciler_sleeps_until_the_next_due_poll() {
     h.clock.advance_ms(1);
     assert_eq!(h.step().await, START_MS + 1 + 30_000.min(GRACE - 1));
 }
+
+#[tokio::test]
+async fn a_look_now_that_arrives_during_a_scheduled_poll_is_not_lost() {
+    use jobhook::store::{DeliveryTarget, NewDelivery};
+    let mut h = harness(|_| {}).await;
+    h.register("ln", MockState::InProgress).await;
+    h.clock.set_ms(START_MS + GRACE);
+    // The scheduled poll is in flight...
+    h.reconciler.step(h.now()).await.unwrap();
+    // ...when a webhook asks for a look now.
+    h.store
+        .ingest(NewDelivery {
+            received_at: h.now(),
+            remote_addr: None,
+            headers: "{}".into(),
+            body: br#"{"job_id": "ln"}"#.to_vec(),
+            target: DeliveryTarget::Job {
+                job_id: Some("ln".into()),
+                submission_id: None,
+                report: None,
+                look_now: true,
+                first_poll_at: None,
+            },
+        })
+        .await
+        .unwrap();
+    h.reconciler.drain().await;
+    assert_eq!(
+        h.job("ln").await.next_poll_at,
+        Some(START_MS + GRACE),
+        "still due now"
+    );
+    h.mock.set_state("ln", MockState::Completed);
+    h.clock.advance_ms(1_000);
+    h.step().await;
+    let job = h.job("ln").await;
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.resolved_by.as_deref(), Some("webhook"));
+}
+
+#[tokio::test]
+async fn a_job_revived_after_its_deadline_is_not_timed_out_again() {
+    let mut h = harness(|c| c.deadline = Duration::from_secs(600)).await;
+    h.register("rv", MockState::InProgress).await;
+    h.run_until(START_MS + 700_000).await;
+    assert_eq!(h.job("rv").await.status, JobStatus::TimedOut);
+    let job = h.poller.refresh(&h.job("rv").await).await.unwrap();
+    assert_eq!(
+        job.status,
+        JobStatus::InProgress,
+        "new evidence moves it on"
+    );
+    assert_eq!(
+        job.next_poll_at, None,
+        "and the schedule, long past its deadline, stays stopped"
+    );
+    let calls = h.calls_for("rv").len();
+    h.run_until(START_MS + 3_600_000).await;
+    assert_eq!(h.job("rv").await.status, JobStatus::InProgress);
+    assert_eq!(h.calls_for("rv").len(), calls);
+}

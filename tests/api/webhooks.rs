@@ -408,3 +408,35 @@ async fn concurrent_identical_deliveries_store_one_copy() {
         15
     );
 }
+
+#[tokio::test]
+async fn unusable_job_ids_in_a_body_are_archived_as_rejected() {
+    let app = spawn_app().await;
+    for id in ["x".repeat(129), "has space".to_owned(), "a/b".to_owned()] {
+        let response = app
+            .webhook(json!({"job_id": id, "data": {"status": "completed"}}).to_string())
+            .await;
+        assert_eq!(response.status(), 400, "{id}");
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["error"]["code"],
+            "invalid_job_id"
+        );
+    }
+    assert_eq!(app.deliveries("?outcome=rejected").await.len(), 3);
+    assert!(app.get_json("/v1/jobs").await["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_body_does_not_replace_the_raw_answer_of_a_final_job() {
+    let app = spawn_app().await;
+    let completed = completed_body("raw-keep").to_string();
+    app.webhook(completed.clone()).await;
+    app.webhook(in_progress_body("raw-keep").to_string()).await;
+    assert_eq!(
+        app.get("/v1/jobs/raw-keep/raw").await.text().await.unwrap(),
+        completed
+    );
+}

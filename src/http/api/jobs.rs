@@ -111,7 +111,7 @@ pub fn validate_metadata(metadata: &Option<Value>) -> Result<(), ApiError> {
 /// Finds a job by Pictory id or submission id, or answers 404.
 pub async fn find_job(state: &AppState, id: &str) -> Result<Job, ApiError> {
     let not_found = || ApiError::NotFound(format!("job {id} is not tracked"));
-    if id.is_empty() || id.len() > 256 {
+    if id.is_empty() || id.chars().count() > JOB_ID_LIMIT {
         return Err(not_found());
     }
     state.store.job(id).await?.ok_or_else(not_found)

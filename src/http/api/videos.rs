@@ -24,10 +24,15 @@ use uuid::Uuid;
 
 /// Attempts at a Generate call that certainly created nothing, before giving up.
 const ATTEMPTS: u32 = 3;
+/// Attempts at recording the outcome of a Generate call.
+const RECORD_ATTEMPTS: u32 = 3;
 /// Longest wait between attempts, whatever `Retry-After` says.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Longest a repeat waits for its in-flight twin.
-const TWIN_WAIT: Duration = Duration::from_secs(60);
+/// Longest wait between attempts is [`MAX_BACKOFF`]; a twin waits for every attempt the first
+/// request may make, and a margin for recording it.
+pub fn twin_wait(timeout: Duration) -> Duration {
+    (timeout + MAX_BACKOFF) * ATTEMPTS + Duration::from_secs(10)
+}
 const KEY_LIMIT: usize = 255;
 
 /// Submit a Generate Video request.
@@ -94,6 +99,20 @@ pub async fn submit_video(
         Started::New(job) => job,
         Started::Replay { status, body } => return Ok(replay(status, body)),
     };
+    // From here on the work must not stop half-way because the client went away: it runs in
+    // its own task, and the request only waits for it.
+    let task = tokio::spawn(call_and_record(state, *job, fields, poller));
+    task.await
+        .map_err(|err| ApiError::Internal(anyhow::anyhow!("submission task failed: {err}")))?
+}
+
+/// Calls Generate for a recorded submission and records how it ended.
+async fn call_and_record(
+    state: AppState,
+    job: Job,
+    mut fields: Map<String, Value>,
+    poller: std::sync::Arc<crate::reconcile::Poller>,
+) -> Result<Response, ApiError> {
     let submission_id = job
         .submission_id
         .clone()
@@ -108,15 +127,8 @@ pub async fn submit_video(
     let request = Value::Object(fields);
 
     let (outcome, pictory_fields) = call_generate(poller.client(), &request).await;
-    let now = state.now_ms();
-    let first_poll = state.first_poll_at(now);
-    let render_fields = pictory_fields.clone();
-    let render = move |job: &Job| render_response(job, &render_fields);
     let released = matches!(outcome, SubmitOutcome::NothingCreated { .. });
-    let job = state
-        .store
-        .finish_submission(&submission_id, outcome, first_poll, &render, now)
-        .await?;
+    let job = record_outcome(&state, &submission_id, outcome, &pictory_fields).await?;
     state.changes.publish(&job);
     if released {
         let message = job.error.as_ref().map_or_else(
@@ -139,6 +151,45 @@ pub async fn submit_video(
     Ok(replay(status, body))
 }
 
+/// Records a Generate outcome, trying a few times: Pictory may already have created (and
+/// charged for) the job, so giving up early would lose it. If it still cannot be recorded, the
+/// submission stays `submitting` and the periodic sweep settles it as `submit_unknown`.
+async fn record_outcome(
+    state: &AppState,
+    submission_id: &str,
+    outcome: SubmitOutcome,
+    pictory_fields: &[FieldError],
+) -> Result<Job, ApiError> {
+    let render_fields = pictory_fields.to_vec();
+    let render = move |job: &Job| render_response(job, &render_fields);
+    let mut pause = Duration::from_millis(100);
+    for attempt in 1..=RECORD_ATTEMPTS {
+        let now = state.now_ms();
+        let first_poll = state.first_poll_at(now);
+        match state
+            .store
+            .finish_submission(submission_id, outcome.clone(), first_poll, &render, now)
+            .await
+        {
+            Ok(job) => return Ok(job),
+            Err(err) if attempt < RECORD_ATTEMPTS => {
+                tracing::warn!(error = %err, attempt, submission_id, "cannot record a Generate outcome yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 4;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, submission_id, ?outcome, "cannot record a Generate outcome; the submission will be settled as submit_unknown");
+                return Err(ApiError::Unavailable {
+                    retry_after_secs: 30,
+                });
+            }
+        }
+    }
+    Err(ApiError::Unavailable {
+        retry_after_secs: 30,
+    })
+}
+
 enum Started {
     New(Box<Job>),
     Replay { status: u16, body: String },
@@ -152,7 +203,7 @@ async fn begin(
     key: Option<&IdempotencyKey>,
 ) -> Result<Started, ApiError> {
     let mut changes = state.changes.subscribe();
-    let give_up = tokio::time::sleep(TWIN_WAIT);
+    let give_up = tokio::time::sleep(twin_wait(state.config.pictory.timeout));
     tokio::pin!(give_up);
     loop {
         match state

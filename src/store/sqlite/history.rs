@@ -345,9 +345,11 @@ pub(super) async fn record_webhook(
     if look_now {
         job.next_poll_at = Some(now);
     }
-    // In receive-only mode the webhook body is the last word jobhook has from Pictory.
+    // When webhook bodies are trusted (verify mode off), the body is jobhook's latest word from
+    // Pictory; it replaces `/raw` unless it is a stale one about a job already final.
     let raw = plan
         .as_ref()
+        .filter(|plan| matches!(plan, ReportPlan::Move { .. }) || !job.status.is_final())
         .and_then(|_| std::str::from_utf8(raw_body).ok());
     let from = job.status;
     let moved = match plan {

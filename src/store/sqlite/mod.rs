@@ -447,21 +447,24 @@ impl Store for SqliteStore {
             if claimed.is_none() {
                 // Not ours: drop the row we just made and report what the key holds.
                 tx.rollback().await?;
-                let existing: (Vec<u8>, Option<i64>, Option<String>) = sqlx::query_as(
+                let existing: Option<(Vec<u8>, Option<i64>, Option<String>)> = sqlx::query_as(
                     "SELECT fingerprint, status_code, response FROM idempotency_keys WHERE key = $1",
                 )
                 .bind(&idempotency.key)
-                .fetch_one(&self.writer)
+                .fetch_optional(&self.writer)
                 .await?;
                 return Ok(match existing {
-                    (fingerprint, _, _) if fingerprint != idempotency.fingerprint => {
+                    // Released (nothing was created) between our two statements: in flight is
+                    // the safe answer, and the caller looks again.
+                    None => Begun::InFlight,
+                    Some((fingerprint, _, _)) if fingerprint != idempotency.fingerprint => {
                         Begun::KeyReused
                     }
-                    (_, Some(status), Some(body)) => Begun::Replay {
+                    Some((_, Some(status), Some(body))) => Begun::Replay {
                         status: u16::try_from(status).map_err(corrupt)?,
                         body,
                     },
-                    _ => Begun::InFlight,
+                    Some(_) => Begun::InFlight,
                 });
             }
         }
@@ -512,13 +515,16 @@ impl Store for SqliteStore {
     async fn recover_submissions(
         &self,
         render: &RenderResponse,
+        created_before: i64,
         now: i64,
     ) -> Result<Vec<Job>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let stuck: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE status = $1")
-            .bind(JobStatus::Submitting.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
+        let stuck: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM jobs WHERE status = $1 AND created_at < $2")
+                .bind(JobStatus::Submitting.as_str())
+                .bind(created_before)
+                .fetch_all(&mut *tx)
+                .await?;
         let mut recovered = Vec::with_capacity(stuck.len());
         for pk in stuck {
             let outcome = SubmitOutcome::Unknown {
