@@ -150,7 +150,7 @@ async fn receive_webhook(
 }
 
 async fn store_rejected(state: &AppState, delivery: NewDelivery) -> Result<(), ApiError> {
-    let ingested = store(&state, delivery).await?;
+    let ingested = store(state, delivery).await?;
     state.metrics.count_delivery(ingested.outcome.as_str());
     tracing::info!(
         delivery_id = ingested.delivery_id,
