@@ -16,6 +16,7 @@ mod notify;
 mod ops;
 mod pictory;
 mod reconcile;
+mod soak;
 mod state_machine;
 mod stream;
 mod videos;
