@@ -489,3 +489,34 @@ async fn loop_until_attempts(app: &TestApp, job: &str, n: usize) -> i64 {
     .await
     .expect("the attempts happen")
 }
+
+#[tokio::test]
+async fn an_endpoint_that_hangs_does_not_hold_up_the_others() {
+    // One endpoint accepts connections and never answers.
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            held.push(socket);
+        }
+    });
+    let (receiver, url) = Receiver::start(&[]).await;
+    let app = spawn_app_with(move |config| {
+        config.notify.endpoints = vec![
+            endpoint(&hanging_url, &["job.completed"]),
+            endpoint(&url, &["job.completed"]),
+        ];
+    })
+    .await;
+    for n in 0..5 {
+        app.webhook(completed_body(&format!("h{n}")).to_string())
+            .await;
+    }
+    let got = receiver.wait_for(5).await;
+    assert_eq!(
+        got.len(),
+        5,
+        "the healthy endpoint got every notification while the other hangs"
+    );
+}

@@ -18,6 +18,7 @@ use tempfile::TempDir;
 const GRACE: i64 = 120_000;
 const INTERVAL: i64 = 15_000;
 const MAX_INTERVAL: i64 = 300_000;
+const CLIENT_TIMEOUT: Duration = Duration::from_millis(1500);
 
 struct Harness {
     store: Arc<dyn Store>,
@@ -69,19 +70,15 @@ fn machinery(
     base_url: &str,
     config: &ReconcileConfig,
 ) -> (Arc<Poller>, Reconciler) {
-    let client = PictoryClient::new(
-        base_url,
-        &SecretString::from("pictai_test"),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let client =
+        PictoryClient::new(base_url, &SecretString::from("pictai_test"), CLIENT_TIMEOUT).unwrap();
     let poller = Arc::new(Poller::new(
         store.clone(),
         Arc::new(clock.clone()),
         Arc::new(Metrics::new()),
         Changes::new(),
         client,
-        Duration::from_secs(5),
+        CLIENT_TIMEOUT,
         config.clone(),
     ));
     let reconciler = Reconciler::new(poller.clone());
@@ -552,4 +549,42 @@ async fn a_job_revived_after_its_deadline_is_not_timed_out_again() {
     h.run_until(START_MS + 3_600_000).await;
     assert_eq!(h.job("rv").await.status, JobStatus::InProgress);
     assert_eq!(h.calls_for("rv").len(), calls);
+}
+
+#[tokio::test]
+async fn a_slow_or_garbled_pictory_is_retried_later_and_changes_nothing() {
+    let mut h = harness(|_| {}).await;
+    h.register("sg", MockState::Completed).await;
+    h.clock.set_ms(START_MS + GRACE);
+    // Slower than the client's timeout.
+    h.mock.force_next(Forced {
+        status: 200,
+        body: "{}".into(),
+        delay: Duration::from_secs(3),
+        ..Default::default()
+    });
+    h.step().await;
+    let job = h.job("sg").await;
+    assert_eq!(job.status, JobStatus::Pending);
+    assert_eq!(job.poll_count, 1);
+    let events = h.store.job_events(job.pk).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "polled" && e.detail["outcome"] == "network_error"),
+        "{events:?}"
+    );
+    // Garbage with a 200: an answer that cannot be read is a server error, not a state.
+    h.mock.force_next(Forced {
+        status: 200,
+        body: "<html>oops</html>".into(),
+        ..Default::default()
+    });
+    h.step_at_next_poll("sg").await;
+    let job = h.job("sg").await;
+    assert_eq!(job.status, JobStatus::Pending);
+    assert!(job.next_poll_at.is_some(), "still scheduled");
+    // Then Pictory is well again.
+    h.step_at_next_poll("sg").await;
+    assert_eq!(h.job("sg").await.status, JobStatus::Completed);
 }
