@@ -14,6 +14,7 @@ use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// The two already-bound listeners (tests bind port 0 and read the address back).
 pub struct Listeners {
@@ -140,10 +141,10 @@ impl Service {
         let state = self.state;
         let store = state.store.clone();
         let stop = state.stopping.clone();
-        let mut tasks = vec![tokio::spawn(retention::run(
-            state.clone(),
-            stop.child_token(),
-        ))];
+        let mut tasks = vec![
+            tokio::spawn(retention::run(state.clone(), stop.child_token())),
+            tokio::spawn(maintain(store.clone(), stop.child_token())),
+        ];
         if let Some(poller) = &state.poller {
             let reconciler = Reconciler::new(poller.clone());
             tasks.push(tokio::spawn(reconciler.run(stop.child_token())));
@@ -198,6 +199,21 @@ impl Service {
         api.context("api listener failed")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Runs the database's upkeep about once a second until `stop`.
+async fn maintain(store: Arc<dyn Store>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(err) = store.maintain().await {
+            tracing::warn!(error = %err, "database upkeep failed; will retry");
+        }
     }
 }
 

@@ -146,6 +146,9 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Closes every connection (checkpointing what the database needs to).
     async fn close(&self);
+    /// Periodic upkeep the database needs (for SQLite: checkpointing the WAL). Called about
+    /// once a second.
+    async fn maintain(&self) -> Result<(), StoreError>;
     /// True when the database takes a write and no migration is pending.
     async fn ready(&self, now: i64) -> Result<(), StoreError>;
 

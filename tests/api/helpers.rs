@@ -372,6 +372,9 @@ impl Store for FaultyStore {
     async fn close(&self) {
         self.inner.close().await
     }
+    async fn maintain(&self) -> Result<(), StoreError> {
+        self.inner.maintain().await
+    }
     async fn ready(&self, now: i64) -> Result<(), StoreError> {
         self.faults.check()?;
         self.inner.ready(now).await

@@ -38,6 +38,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Whether any notification route exists (saves the outbox statements when none does).
     notify: Arc<AtomicBool>,
+    /// Moves the WAL into the database file, off the commit path.
+    checkpointer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -56,7 +58,14 @@ impl SqliteStore {
                     .map_err(|err| StoreError::Database(sqlx::Error::Io(err)))?;
             }
         }
+        // The writer never checkpoints: a checkpoint in the commit path stalls every delivery
+        // waiting on that commit. `maintain` checkpoints from a connection of its own.
         let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .await?;
+        let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
@@ -69,6 +78,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             reader,
+            checkpointer,
             notify: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -88,7 +98,16 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.reader.close().await;
+        self.checkpointer.close().await;
         self.writer.close().await;
+    }
+
+    async fn maintain(&self) -> Result<(), StoreError> {
+        // PASSIVE: copies what it can without waiting for (or blocking) the writer or readers.
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.checkpointer)
+            .await?;
+        Ok(())
     }
 
     async fn ready(&self, now: i64) -> Result<(), StoreError> {
