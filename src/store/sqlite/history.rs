@@ -37,7 +37,34 @@ pub(super) async fn append_event(
     Ok(id)
 }
 
-/// Inserts a job known only by Pictory's id, unless it exists. Returns its row id and whether it is new.
+/// Inserts a job known only by Pictory's id, or finds the one that exists, in one statement
+/// (the no-op update makes RETURNING give the existing row back). A job that exists has history,
+/// so `seq` > 0; a new one has none yet, and its `registered` entry is the caller's to write.
+pub(super) async fn upsert_job(
+    tx: &mut Tx<'_>,
+    job_id: &str,
+    metadata: Option<&Value>,
+    first_poll_at: Option<i64>,
+    now: i64,
+) -> Result<(Job, bool), StoreError> {
+    let row = sqlx::query(&format!(
+        "INSERT INTO jobs (job_id, status, metadata, created_at, updated_at, next_poll_at) \
+         VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (job_id) DO UPDATE SET job_id = excluded.job_id \
+         RETURNING {JOB_COLUMNS}"
+    ))
+    .bind(job_id)
+    .bind(JobStatus::Pending.as_str())
+    .bind(metadata.map(Value::to_string))
+    .bind(now)
+    .bind(first_poll_at)
+    .fetch_one(&mut **tx)
+    .await?;
+    let job = job_from_row(&row)?;
+    let created = job.seq == 0;
+    Ok((job, created))
+}
+
+/// Starts tracking a job (registration): [`upsert_job`] plus its `registered` entry.
 pub(super) async fn ensure_job(
     tx: &mut Tx<'_>,
     job_id: &str,
@@ -46,26 +73,18 @@ pub(super) async fn ensure_job(
     first_poll_at: Option<i64>,
     now: i64,
 ) -> Result<(i64, bool), StoreError> {
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO jobs (job_id, status, metadata, created_at, updated_at, next_poll_at) \
-         VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (job_id) DO NOTHING RETURNING id",
-    )
-    .bind(job_id)
-    .bind(JobStatus::Pending.as_str())
-    .bind(metadata.map(Value::to_string))
-    .bind(now)
-    .bind(first_poll_at)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(pk) = inserted {
-        append_event(tx, pk, "registered", json!({"cause": cause.as_str()}), now).await?;
-        return Ok((pk, true));
-    }
-    let pk: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE job_id = $1")
-        .bind(job_id)
-        .fetch_one(&mut **tx)
+    let (job, created) = upsert_job(tx, job_id, metadata, first_poll_at, now).await?;
+    if created {
+        append_event(
+            tx,
+            job.pk,
+            "registered",
+            json!({"cause": cause.as_str()}),
+            now,
+        )
         .await?;
-    Ok((pk, false))
+    }
+    Ok((job.pk, created))
 }
 
 /// Finds the job a delivery belongs to: the submission its key names first, else the body's job
@@ -108,21 +127,7 @@ pub(super) async fn resolve_job(
     let Some(job_id) = job_id else {
         return Ok(None);
     };
-    // One statement either way: a new row, or the existing one (the no-op update makes
-    // RETURNING give it back). A job that exists has history, so `seq` > 0; a new one has none.
-    let row = sqlx::query(&format!(
-        "INSERT INTO jobs (job_id, status, created_at, updated_at, next_poll_at) \
-         VALUES ($1, $2, $3, $3, $4) ON CONFLICT (job_id) DO UPDATE SET job_id = excluded.job_id \
-         RETURNING {JOB_COLUMNS}"
-    ))
-    .bind(job_id)
-    .bind(JobStatus::Pending.as_str())
-    .bind(now)
-    .bind(first_poll_at)
-    .fetch_one(&mut **tx)
-    .await?;
-    let job = job_from_row(&row)?;
-    let created = job.seq == 0;
+    let (job, created) = upsert_job(tx, job_id, None, first_poll_at, now).await?;
     Ok(Some((job, created)))
 }
 

@@ -395,20 +395,11 @@ impl Store for SqliteStore {
             .push(" ORDER BY d.id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows = query.build().fetch_all(&self.reader).await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(delivery_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let more = items.len() > limit as usize;
-        items.truncate(limit as usize);
-        let next = match items.last() {
-            Some(last) if more => Some(Cursor {
-                snapshot: 0,
-                position: last.id,
-            }),
-            _ => None,
-        };
-        Ok(Page { items, next })
+        Ok(id_page(items, limit, |d| d.id))
     }
 
     async fn prune_delivery_bodies(&self, before: i64, batch: u32) -> Result<u64, StoreError> {
@@ -930,20 +921,11 @@ impl Store for SqliteStore {
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows = query.build().fetch_all(&self.reader).await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(notification_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let more = items.len() > limit as usize;
-        items.truncate(limit as usize);
-        let next = match items.last() {
-            Some(last) if more => Some(Cursor {
-                snapshot: 0,
-                position: last.id,
-            }),
-            _ => None,
-        };
-        Ok(Page { items, next })
+        Ok(id_page(items, limit, |n| n.id))
     }
 
     async fn retry_notification(
@@ -993,6 +975,22 @@ impl Store for SqliteStore {
         .await?;
         Ok(result.rows_affected() > 0)
     }
+}
+
+/// A page of rows fetched newest first with one row more than `limit`: the extra row only says
+/// there is a next page, which starts below the last id shown. (Rows that never move need no
+/// snapshot.)
+fn id_page<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) -> Page<T> {
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next = match items.last() {
+        Some(last) if more => Some(Cursor {
+            snapshot: 0,
+            position: id(last),
+        }),
+        _ => None,
+    };
+    Page { items, next }
 }
 
 fn push_job_filter(query: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {

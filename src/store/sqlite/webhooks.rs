@@ -15,22 +15,7 @@ pub(super) async fn ingest_one(
     let sha = Sha256::digest(&delivery.body);
     let (job_id, submission_id, report, look_now, first_poll_at) = match &delivery.target {
         DeliveryTarget::Rejected { reason } => {
-            let id = insert_delivery(
-                tx,
-                &delivery,
-                &sha,
-                None,
-                DeliveryOutcome::Rejected,
-                Some(reason),
-                None,
-            )
-            .await?
-            .ok_or_else(|| corrupt("rejected delivery was not stored"))?;
-            return Ok(Ingested {
-                delivery_id: id,
-                outcome: DeliveryOutcome::Rejected,
-                job: None,
-            });
+            return archive_rejected(tx, &delivery, &sha, reason).await;
         }
         DeliveryTarget::Job {
             job_id,
@@ -49,22 +34,7 @@ pub(super) async fn ingest_one(
     let Some((job, created)) = resolve_job(tx, job_id, submission_id, first_poll_at, now).await?
     else {
         let reason = "the submission this URL names is not tracked and the body has no job id";
-        let id = insert_delivery(
-            tx,
-            &delivery,
-            &sha,
-            None,
-            DeliveryOutcome::Rejected,
-            Some(reason),
-            None,
-        )
-        .await?
-        .ok_or_else(|| corrupt("rejected delivery was not stored"))?;
-        return Ok(Ingested {
-            delivery_id: id,
-            outcome: DeliveryOutcome::Rejected,
-            job: None,
-        });
+        return archive_rejected(tx, &delivery, &sha, reason).await;
     };
     let job_pk = job.pk;
     let accepted = insert_delivery(
@@ -118,5 +88,30 @@ pub(super) async fn ingest_one(
         delivery_id,
         outcome,
         job: Some(job),
+    })
+}
+
+/// Archives a delivery that is not applied to any job.
+async fn archive_rejected(
+    tx: &mut Tx<'_>,
+    delivery: &NewDelivery,
+    sha: &[u8],
+    reason: &str,
+) -> Result<Ingested, StoreError> {
+    let id = insert_delivery(
+        tx,
+        delivery,
+        sha,
+        None,
+        DeliveryOutcome::Rejected,
+        Some(reason),
+        None,
+    )
+    .await?
+    .ok_or_else(|| corrupt("rejected delivery was not stored"))?;
+    Ok(Ingested {
+        delivery_id: id,
+        outcome: DeliveryOutcome::Rejected,
+        job: None,
     })
 }
