@@ -95,6 +95,7 @@ impl Service {
             .map(|e| NotifyRoute {
                 url: e.url.clone(),
                 events: e.events.clone(),
+                fingerprint: e.fingerprint(),
             })
             .collect();
         store

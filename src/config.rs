@@ -165,6 +165,24 @@ impl NotifyEndpoint {
         "job.updated",
     ];
 
+    /// Identifies this entry's configuration without revealing the secret.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for part in [self.url.as_str(), self.secret.expose_secret()]
+            .into_iter()
+            .chain(self.events.iter().map(String::as_str))
+        {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        hash.finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     fn default_events() -> Vec<String> {
         vec![
             "job.completed".to_owned(),

@@ -88,9 +88,11 @@ CREATE TABLE notify_routes (
     PRIMARY KEY (url, event_type)
 );
 
--- Endpoints that answered 410 Gone stay disabled until re-enabled through the API.
+-- Endpoints that answered 410 Gone stay disabled until re-enabled through the API, or until
+-- their configuration changes (`fingerprint` of url, secret and events).
 CREATE TABLE notify_endpoints (
     url             TEXT PRIMARY KEY,
+    fingerprint     TEXT,
     disabled_at     INTEGER,
     disabled_reason TEXT
 );

@@ -409,6 +409,8 @@ pub struct Change {
 pub struct NotifyRoute {
     pub url: String,
     pub events: Vec<String>,
+    /// Changes whenever the endpoint's configuration does (url, secret, events).
+    pub fingerprint: String,
 }
 
 /// A signed notification in the outbox.

@@ -171,6 +171,14 @@ async fn a_final_status_is_sent_signed_to_the_endpoints_that_want_it() {
     );
 }
 
+fn route(url: &str, fingerprint: &str) -> NotifyRoute {
+    NotifyRoute {
+        url: url.to_owned(),
+        events: vec!["job.completed".into(), "job.failed".into()],
+        fingerprint: fingerprint.to_owned(),
+    }
+}
+
 /// The outbox and a notifier stepped by hand on injected time.
 struct Outbox {
     store: Arc<dyn Store>,
@@ -187,10 +195,7 @@ async fn outbox(url: &str, schedule: &[u64]) -> Outbox {
     let store = store::open(&config.database.url).await.unwrap();
     store.migrate().await.unwrap();
     store
-        .set_notify_routes(&[NotifyRoute {
-            url: url.to_owned(),
-            events: vec!["job.completed".into(), "job.failed".into()],
-        }])
+        .set_notify_routes(&[route(url, "fingerprint-1")])
         .await
         .unwrap();
     let clock = ManualClock::new(START_MS);
@@ -519,4 +524,35 @@ async fn an_endpoint_that_hangs_does_not_hold_up_the_others() {
         5,
         "the healthy endpoint got every notification while the other hangs"
     );
+}
+
+#[tokio::test]
+async fn a_changed_configuration_re_enables_a_gone_endpoint() {
+    let (receiver, url) = Receiver::start(&[(410, None)]).await;
+    let mut outbox = outbox(&url, &[5]).await;
+    outbox.complete("cfg1").await;
+    outbox.step().await;
+    assert!(outbox.store.endpoint_states().await.unwrap()[0]
+        .disabled_at
+        .is_some());
+    // A restart with the same configuration keeps it disabled...
+    outbox
+        .store
+        .set_notify_routes(&[route(&url, "fingerprint-1")])
+        .await
+        .unwrap();
+    assert!(outbox.store.endpoint_states().await.unwrap()[0]
+        .disabled_at
+        .is_some());
+    // ...a changed one (a new secret, say) enables it again.
+    outbox
+        .store
+        .set_notify_routes(&[route(&url, "fingerprint-2")])
+        .await
+        .unwrap();
+    assert!(outbox.store.endpoint_states().await.unwrap()[0]
+        .disabled_at
+        .is_none());
+    outbox.step().await;
+    assert_eq!(receiver.received().len(), 2);
 }

@@ -795,6 +795,19 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         for route in routes {
+            // A changed configuration for an endpoint re-enables it after a 410.
+            sqlx::query(
+                "INSERT INTO notify_endpoints (url, fingerprint) VALUES ($1, $2) \
+                 ON CONFLICT (url) DO UPDATE SET fingerprint = $2, \
+                 disabled_at = CASE WHEN notify_endpoints.fingerprint IS $2 \
+                     THEN notify_endpoints.disabled_at END, \
+                 disabled_reason = CASE WHEN notify_endpoints.fingerprint IS $2 \
+                     THEN notify_endpoints.disabled_reason END",
+            )
+            .bind(&route.url)
+            .bind(&route.fingerprint)
+            .execute(&mut *tx)
+            .await?;
             for event_type in &route.events {
                 sqlx::query(
                     "INSERT INTO notify_routes (url, event_type) VALUES ($1, $2) \
