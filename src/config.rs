@@ -345,6 +345,18 @@ impl Config {
         }
         for (index, endpoint) in self.notify.endpoints.iter().enumerate() {
             let key = format!("notify.endpoints[{index}]");
+            if self.notify.endpoints[..index]
+                .iter()
+                .any(|e| e.url == endpoint.url)
+            {
+                return Err(invalid(
+                    &format!("{key}.url"),
+                    format!(
+                        "`{}` is listed twice; list each endpoint once with all its events",
+                        endpoint.url
+                    ),
+                ));
+            }
             check_http_url(&format!("{key}.url"), &endpoint.url)?;
             decode_whsec(endpoint.secret.expose_secret())
                 .map_err(|why| invalid(&format!("{key}.secret"), why))?;

@@ -31,7 +31,9 @@ pub async fn sweep_keys(state: &AppState) -> u64 {
 /// become `submit_unknown`.
 pub async fn sweep_submissions(state: &AppState) -> usize {
     let now = state.now_ms();
-    let longest = twin_wait(state.config.pictory.timeout);
+    // Longer than any request can take: every Generate attempt, then every try at recording
+    // the outcome (each may wait for the writer connection), then a margin.
+    let longest = twin_wait(state.config.pictory.timeout) + Duration::from_secs(3 * 10 + 60);
     let before = now.saturating_sub(i64::try_from(longest.as_millis()).unwrap_or(i64::MAX));
     match state
         .store

@@ -164,3 +164,16 @@ fn whsec_secrets_decode_or_are_refused() {
     assert!(decode_whsec("whsec_").is_err());
     assert!(decode_whsec("whsec_%%%").is_err());
 }
+
+#[test]
+fn an_endpoint_listed_twice_is_refused() {
+    Jail::expect_with(|jail| {
+        let entry = "[[notify.endpoints]]\nurl = \"https://a.example/h\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+        let message = refusal(
+            jail,
+            &format!("[webhook]\nsecret = \"{SECRET}\"\n{entry}{entry}"),
+        );
+        assert!(message.contains("notify.endpoints[1].url"), "{message}");
+        Ok(())
+    });
+}

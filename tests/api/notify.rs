@@ -351,6 +351,11 @@ async fn gone_disables_the_endpoint_until_it_is_enabled_again() {
     outbox.step().await;
     let states = outbox.store.endpoint_states().await.unwrap();
     assert!(states[0].disabled_at.is_some());
+    assert_eq!(
+        outbox.store.next_notification_due().await.unwrap(),
+        None,
+        "nothing due: the notifier sleeps"
+    );
     outbox.complete("g2").await;
     outbox.clock.advance_ms(3_600_000);
     outbox.step().await;

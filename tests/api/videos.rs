@@ -447,3 +447,33 @@ async fn a_webhook_without_a_job_id_is_matched_by_its_submission_url() {
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0]["job_id"], job_id);
 }
+
+#[tokio::test]
+async fn a_look_now_for_a_submission_without_a_pictory_id_waits_for_the_id() {
+    let app = spawn_app_with_pictory(|_| {}).await;
+    app.mock().force_next_generate(forced(500));
+    let job: Value = app
+        .submit(&video("no id yet"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let submission_id = job["submission_id"].as_str().unwrap();
+    let key = app
+        .state
+        .webhook_keys
+        .submission_key(uuid::Uuid::parse_str(submission_id).unwrap());
+    let response = app
+        .webhook_to(
+            &app.state.webhook_url(&key),
+            json!({"data": {"status": "completed"}}).to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        app.state.store.next_due().await.unwrap(),
+        None,
+        "nothing to poll without an id"
+    );
+    assert_eq!(app.job(submission_id).await["status"], "submit_unknown");
+}

@@ -213,12 +213,13 @@ pub(super) async fn finish_one(
             // for a look now; both are kept.
             let taken = sqlx::query(
                 "UPDATE jobs SET job_id = $1, \
-                 next_poll_at = CASE WHEN poll_priority = 1 THEN next_poll_at ELSE $2 END \
+                 next_poll_at = CASE WHEN poll_priority = 1 THEN $4 ELSE $2 END \
                  WHERE id = $3 AND NOT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1 AND id <> $3)",
             )
             .bind(job_id)
             .bind(first_poll_at)
             .bind(pk)
+            .bind(now)
             .execute(&mut **tx)
             .await?
             .rows_affected()
@@ -347,7 +348,9 @@ pub(super) async fn record_webhook(
 
     job.webhook_received_at = Some(now);
     job.updated_at = now;
-    if look_now {
+    // Without a Pictory id there is nothing to ask yet: the mark waits for the id
+    // (`finish_one` makes the job due at once when it arrives).
+    if look_now && job.job_id.is_some() {
         job.next_poll_at = Some(now);
     }
     // When webhook bodies are trusted (verify mode off), the body is jobhook's latest word from
@@ -383,7 +386,8 @@ pub(super) async fn record_webhook(
 
     sqlx::query(
         "UPDATE jobs SET status = $1, output = $2, error = $3, resolved_by = $4, \
-         completed_at = $5, webhook_received_at = $6, next_poll_at = $7, \
+         completed_at = $5, webhook_received_at = $6, \
+         next_poll_at = CASE WHEN $8 AND leased = 1 THEN next_poll_at ELSE $7 END, \
          poll_priority = CASE WHEN $8 THEN 1 ELSE poll_priority END, \
          raw_response = COALESCE($9, raw_response) WHERE id = $10",
     )

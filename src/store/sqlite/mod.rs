@@ -604,7 +604,8 @@ impl Store for SqliteStore {
         for priority in [1, 0] {
             let due: Option<i64> = sqlx::query_scalar(
                 "SELECT next_poll_at FROM jobs WHERE poll_priority = $1 \
-                 AND next_poll_at IS NOT NULL ORDER BY next_poll_at LIMIT 1",
+                 AND next_poll_at IS NOT NULL AND job_id IS NOT NULL \
+                 ORDER BY next_poll_at LIMIT 1",
             )
             .bind(priority)
             .fetch_optional(&self.reader)
@@ -707,14 +708,17 @@ impl Store for SqliteStore {
         // keep it moving).
         let revived = matches!(status_before, JobStatus::TimedOut | JobStatus::NotFound)
             && job.status != status_before;
+        // A webhook that asked for a look while this poll ran is new evidence even for a job
+        // this poll just timed out or found missing.
         let keep_polling = !job.status.is_final()
-            && !matches!(job.status, JobStatus::TimedOut | JobStatus::NotFound)
-            && !poll.deadline_passed
-            && !revived;
+            && (still_wanted
+                || (!matches!(job.status, JobStatus::TimedOut | JobStatus::NotFound)
+                    && !poll.deadline_passed
+                    && !revived));
         let next_poll_at = match (keep_polling, still_wanted) {
             (false, _) => None,
-            // A "look now" is still pending: keep it as it is.
-            (true, true) => job.next_poll_at,
+            // A "look now" is still pending: due now.
+            (true, true) => Some(now),
             (true, false) => Some(poll.next_poll_at),
         };
         sqlx::query("UPDATE jobs SET next_poll_at = $1 WHERE id = $2")
@@ -728,21 +732,26 @@ impl Store for SqliteStore {
     }
 
     async fn overdue(&self, now: i64) -> Result<(i64, Option<i64>), StoreError> {
-        let row: (i64, Option<i64>) =
-            sqlx::query_as("SELECT COUNT(*), MIN(next_poll_at) FROM jobs WHERE next_poll_at < $1")
-                .bind(now)
-                .fetch_one(&self.reader)
-                .await?;
+        let row: (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(next_poll_at) FROM jobs WHERE next_poll_at < $1 \
+                 AND job_id IS NOT NULL",
+        )
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await?;
         Ok(row)
     }
 
     async fn release_leases(&self, now: i64) -> Result<u64, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let jobs = sqlx::query("UPDATE jobs SET next_poll_at = $1, leased = 0 WHERE leased = 1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let jobs = sqlx::query(
+            "UPDATE jobs SET leased = 0, \
+             next_poll_at = CASE WHEN next_poll_at IS NULL THEN NULL ELSE $1 END WHERE leased = 1",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let notifications = sqlx::query(
             "UPDATE notifications SET next_attempt_at = $1, leased = 0 WHERE leased = 1",
         )
@@ -846,8 +855,10 @@ impl Store for SqliteStore {
 
     async fn next_notification_due(&self) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT next_attempt_at FROM notifications WHERE state = 'pending' \
-             AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at LIMIT 1",
+            "SELECT n.next_attempt_at FROM notifications n WHERE n.state = 'pending' \
+             AND n.next_attempt_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM notify_endpoints e \
+             WHERE e.url = n.endpoint AND e.disabled_at IS NOT NULL) \
+             ORDER BY n.next_attempt_at LIMIT 1",
         )
         .fetch_optional(&self.reader)
         .await?)
