@@ -9,6 +9,7 @@ mod hostile;
 mod cli;
 mod crash;
 mod deliveries;
+mod faults;
 mod jobs;
 mod listing;
 mod mock;

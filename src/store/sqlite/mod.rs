@@ -12,7 +12,7 @@ use crate::pictory::ReportedState;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Acquire, QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -63,6 +63,20 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            // A transaction still open when the connection comes back was left by a failure
+            // (see `discard_on_error`): that connection is closed, never reused.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if sqlx::query("BEGIN").execute(&mut *conn).await.is_err() {
+                        tracing::warn!(
+                            "a writer connection came back inside a transaction; closing it"
+                        );
+                        return Ok(false);
+                    }
+                    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+                    Ok(true)
+                })
+            })
             .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         let checkpointer = SqlitePoolOptions::new()
@@ -131,10 +145,16 @@ impl Store for SqliteStore {
     }
 
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let ingested = ingest_one(&mut tx, delivery, self.notify.load(Ordering::Relaxed)).await?;
-        tx.commit().await?;
-        Ok(ingested)
+        let notify = self.notify.load(Ordering::Relaxed);
+        let mut conn = self.writer.acquire().await?;
+        let result = async {
+            let mut tx = conn.begin().await?;
+            let ingested = ingest_one(&mut tx, delivery, notify).await?;
+            tx.commit().await?;
+            Ok(ingested)
+        }
+        .await;
+        discard_on_error(conn, result).await
     }
 
     async fn ingest_batch(
@@ -145,24 +165,28 @@ impl Store for SqliteStore {
         // batch back, and then each is stored on its own, so one bad delivery is answered
         // alone while the others still commit.
         let notify = self.notify.load(Ordering::Relaxed);
-        let mut tx = self.writer.begin().await?;
-        let mut results = Vec::with_capacity(deliveries.len());
-        for delivery in &deliveries {
-            match ingest_one(&mut tx, delivery.clone(), notify).await {
-                Ok(ingested) => results.push(ingested),
-                Err(err) => {
-                    tracing::warn!(error = %err, "a delivery failed inside a batch; storing one by one");
-                    tx.rollback().await?;
-                    let mut alone = Vec::with_capacity(deliveries.len());
-                    for delivery in deliveries {
-                        alone.push(self.ingest(delivery).await);
-                    }
-                    return Ok(alone);
+        let mut conn = self.writer.acquire().await?;
+        let batch = async {
+            let mut tx = conn.begin().await?;
+            let mut results = Vec::with_capacity(deliveries.len());
+            for delivery in &deliveries {
+                results.push(ingest_one(&mut tx, delivery.clone(), notify).await?);
+            }
+            tx.commit().await?;
+            Ok(results)
+        }
+        .await;
+        match discard_on_error(conn, batch).await {
+            Ok(results) => Ok(results.into_iter().map(Ok).collect()),
+            Err(err) => {
+                tracing::warn!(error = %err, "a delivery batch failed; storing one by one");
+                let mut alone = Vec::with_capacity(deliveries.len());
+                for delivery in deliveries {
+                    alone.push(self.ingest(delivery).await);
                 }
+                Ok(alone)
             }
         }
-        tx.commit().await?;
-        Ok(results.into_iter().map(Ok).collect())
     }
 
     async fn replay(
@@ -999,6 +1023,24 @@ impl Store for SqliteStore {
         .await?;
         Ok(result.rows_affected() > 0)
     }
+}
+
+/// Returns the writer connection to the pool after success, and closes it after a failure.
+///
+/// After a failed statement or COMMIT (a full disk, say) SQLite may keep the transaction open
+/// or may have rolled it back by itself, and the driver's idea of which can be wrong; a
+/// connection reused in that state nests later transactions inside one that never commits, so
+/// they are acknowledged and lost. A fresh connection has no such history.
+async fn discard_on_error<T>(
+    conn: sqlx::pool::PoolConnection<Sqlite>,
+    result: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if result.is_err() {
+        if let Err(err) = conn.close().await {
+            tracing::warn!(error = %err, "closing a failed writer connection failed");
+        }
+    }
+    result
 }
 
 /// A page of rows fetched newest first with one row more than `limit`: the extra row only says
