@@ -1,4 +1,5 @@
-//! Real storage faults: the disk fills up under the database, then has room again.
+//! Real faults: the disk fills up under the database (then has room again), and a sender that
+//! sends its body too slowly.
 
 use crate::helpers::*;
 use serde_json::Value;
@@ -167,4 +168,38 @@ async fn registrations_acknowledged_on_a_filling_disk_are_all_kept() {
             .status(),
         201
     );
+}
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_cut_off_without_holding_anything_else() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let address = app.public_url.trim_start_matches("http://").to_owned();
+    let path = app
+        .webhook_url
+        .trim_start_matches(&app.public_url)
+        .to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"job_id\""
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    // While that sender dawdles, everyone else is served.
+    assert_eq!(
+        app.webhook(completed_body("not-held").to_string())
+            .await
+            .status(),
+        200
+    );
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(40),
+        slow.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the slow request is cut off")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(app.get("/v1/jobs/not-held").await.status(), 200);
 }
