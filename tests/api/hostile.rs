@@ -8,6 +8,14 @@ use jobhook::signature;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+/// `PROPTEST_CASES` when set, else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
 fn arbitrary_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
@@ -55,7 +63,8 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // A short run in CI; `PROPTEST_CASES=200000 cargo test hostile` for a long one.
+    #![proptest_config(ProptestConfig { cases: cases(2000), ..ProptestConfig::default() })]
 
     /// Any JSON Pictory (or a forger) may send is read into a report with a clean id and a
     /// state that is final only when the body says so.
