@@ -96,9 +96,18 @@ async fn mixed_load_against_a_misbehaving_pictory_keeps_every_invariant() {
             }
         }));
     }
+    // Memory after a third of the run (warmed up) and at the end, to show it holds steady.
+    let third = stop_at - Duration::from_secs(seconds) + Duration::from_secs(seconds.div_ceil(3));
+    tokio::time::sleep_until(third.into()).await;
+    let warmed = resident_mb();
     for worker in workers {
         worker.await.unwrap();
     }
+    let ended = resident_mb();
+    assert!(
+        ended < warmed + 64.0,
+        "memory grew from {warmed:.0} MB to {ended:.0} MB"
+    );
 
     assert_eq!(
         tally.server_errors.load(Ordering::Relaxed),
@@ -152,4 +161,17 @@ async fn mixed_load_against_a_misbehaving_pictory_keeps_every_invariant() {
     let expected: Vec<i64> = changes.iter().map(|c| c.id).collect();
     assert_eq!(seen, expected);
     assert!(tally.reads.load(Ordering::Relaxed) > 0);
+}
+
+/// This process's resident memory (the service runs inside it), in MB.
+fn resident_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
