@@ -559,6 +559,13 @@ async fn twenty_kill_9_rounds_under_mixed_load_lose_nothing_and_charge_once() {
     }
     inbox.wait_for_jobs(&expected).await;
 
+    eprintln!(
+        "{rounds} kill -9 rounds: {} deliveries and {} submissions acknowledged, {} Generate calls, {} notifications received",
+        delivered.len(),
+        submitted.len(),
+        mock.generate_calls(),
+        inbox.messages.lock().unwrap().len()
+    );
     // Notifications: one webhook-id per job and event, whatever was resent.
     let mut ids_of: std::collections::HashMap<(String, String), std::collections::HashSet<String>> =
         std::collections::HashMap::new();

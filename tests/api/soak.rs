@@ -27,7 +27,7 @@ async fn mixed_load_against_a_misbehaving_pictory_keeps_every_invariant() {
         config.reconcile.grace = Duration::from_secs(1);
         config.reconcile.interval = Duration::from_secs(1);
         config.reconcile.max_interval = Duration::from_secs(2);
-        config.reconcile.rate = 50;
+        config.reconcile.rate = 100;
     });
     options.pictory = Some(MockOptions {
         job_duration: Duration::from_millis(200),
@@ -35,7 +35,8 @@ async fn mixed_load_against_a_misbehaving_pictory_keeps_every_invariant() {
         drop_rate: 0.3,
         duplicate_rate: 0.3,
         reorder_rate: 0.3,
-        throttle_rate: 0.1,
+        // Each 429 holds every poll back for its Retry-After, so a high rate starves a long run.
+        throttle_rate: 0.01,
         retry_after_secs: 1,
         error_rate: 0.1,
         seed: Some(99),
@@ -71,6 +72,9 @@ async fn mixed_load_against_a_misbehaving_pictory_keeps_every_invariant() {
                         if let Some(id) = body["submission_id"].as_str() {
                             submitted.lock().unwrap().push(id.to_owned());
                         }
+                        // Pace submissions (about 20 a second each) so the verification polls
+                        // they cause stay within the rate limit the fake's 429s leave.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         status
                     }
                     2 => {
@@ -118,7 +122,7 @@ async fn mixed_load_against_a_misbehaving_pictory_keeps_every_invariant() {
     assert!(!submitted.is_empty());
     // Every submission ends final (or submit_unknown when the fake answered ambiguously).
     for id in &submitted {
-        let job = app.get_json(&format!("/v1/jobs/{id}?wait=20s")).await;
+        let job = app.get_json(&format!("/v1/jobs/{id}?wait=60s")).await;
         let status = job["status"].as_str().unwrap();
         assert!(
             ["completed", "failed", "submit_unknown"].contains(&status),
@@ -161,6 +165,16 @@ async fn mixed_load_against_a_misbehaving_pictory_keeps_every_invariant() {
     let expected: Vec<i64> = changes.iter().map(|c| c.id).collect();
     assert_eq!(seen, expected);
     assert!(tally.reads.load(Ordering::Relaxed) > 0);
+    eprintln!(
+        "soak {seconds} s: {} submissions, {} garbage deliveries, {} reads, {} status changes streamed, \
+         {} webhooks from the fake, {} Get Job calls, memory {warmed:.0} -> {ended:.0} MB",
+        submitted.len(),
+        tally.garbage_sent.load(Ordering::Relaxed),
+        tally.reads.load(Ordering::Relaxed),
+        seen.len(),
+        mock.webhooks_sent(),
+        mock.get_calls().len(),
+    );
 }
 
 /// This process's resident memory (the service runs inside it), in MB.
