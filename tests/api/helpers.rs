@@ -290,6 +290,24 @@ impl TestApp {
         events["data"].as_array().unwrap().clone()
     }
 
+    /// Every item of a paginated list (`path` with its query, without `cursor`).
+    pub async fn all(&self, path: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page_path = match &cursor {
+                Some(c) => format!("{path}&cursor={c}"),
+                None => path.to_owned(),
+            };
+            let page = self.get_json(&page_path).await;
+            items.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return items,
+            }
+        }
+    }
+
     pub async fn deliveries(&self, query: &str) -> Vec<Value> {
         let list = self.get_json(&format!("/v1/deliveries{query}")).await;
         list["data"].as_array().unwrap().clone()
