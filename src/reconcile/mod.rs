@@ -258,6 +258,8 @@ impl Poller {
 pub struct Reconciler {
     poller: Arc<Poller>,
     in_flight: JoinSet<()>,
+    /// Claims made, for the share given to the regular schedule.
+    claims: u64,
 }
 
 impl Reconciler {
@@ -265,6 +267,7 @@ impl Reconciler {
         Reconciler {
             poller,
             in_flight: JoinSet::new(),
+            claims: 0,
         }
     }
 
@@ -286,7 +289,14 @@ impl Reconciler {
             }
             // The lease outlives the call's timeout; after a crash, start-up releases it.
             let lease_until = now + ms(poller.client_timeout) + 60_000;
-            let claimed = poller.store.claim_due(now, lease_until, 1).await?;
+            // Every fourth call serves the regular schedule first, so a flood of webhook
+            // "look now" requests cannot starve jobs whose webhook never came.
+            self.claims = self.claims.wrapping_add(1);
+            let scheduled_first = self.claims % 4 == 0;
+            let claimed = poller
+                .store
+                .claim_due(now, lease_until, 1, scheduled_first)
+                .await?;
             if let Some(job) = claimed.into_iter().next() {
                 let poller = poller.clone();
                 self.in_flight.spawn(async move {

@@ -248,13 +248,15 @@ pub trait Store: Send + Sync + 'static {
     /// Re-enables an endpoint disabled by a 410. False when it was not disabled.
     async fn enable_endpoint(&self, url: &str, now: i64) -> Result<bool, StoreError>;
 
-    /// Leases up to `limit` jobs whose poll is due at `now` (webhook "look now" first) until
-    /// `lease_until`, so no other poller takes them meanwhile.
+    /// Leases up to `limit` jobs whose poll is due at `now` until `lease_until`, so no other
+    /// poller takes them meanwhile: webhook "look now" requests first, or the regular schedule
+    /// first when `scheduled_first` (so neither can starve the other).
     async fn claim_due(
         &self,
         now: i64,
         lease_until: i64,
         limit: u32,
+        scheduled_first: bool,
     ) -> Result<Vec<Claimed>, StoreError>;
     /// The earliest scheduled poll, if any.
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;

@@ -532,9 +532,12 @@ impl Store for FaultyStore {
         now: i64,
         lease_until: i64,
         limit: u32,
+        scheduled_first: bool,
     ) -> Result<Vec<Claimed>, StoreError> {
         self.faults.check()?;
-        self.inner.claim_due(now, lease_until, limit).await
+        self.inner
+            .claim_due(now, lease_until, limit, scheduled_first)
+            .await
     }
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         self.inner.next_due().await

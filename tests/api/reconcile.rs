@@ -466,7 +466,11 @@ async fn a_job_leased_by_a_crashed_poller_is_polled_after_the_lease() {
     h.clock.set_ms(START_MS + GRACE);
     // A poller claimed it and died before recording anything.
     let lease_until = h.now() + 65_000;
-    let claimed = h.store.claim_due(h.now(), lease_until, 10).await.unwrap();
+    let claimed = h
+        .store
+        .claim_due(h.now(), lease_until, 10, false)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     h.restart().await;
     h.clock.set_ms(lease_until - 1);
@@ -587,4 +591,43 @@ async fn a_slow_or_garbled_pictory_is_retried_later_and_changes_nothing() {
     // Then Pictory is well again.
     h.step_at_next_poll("sg").await;
     assert_eq!(h.job("sg").await.status, JobStatus::Completed);
+}
+
+#[tokio::test]
+async fn webhook_look_nows_cannot_starve_the_regular_schedule() {
+    use jobhook::store::{DeliveryTarget, NewDelivery};
+    let mut h = harness(|c| c.rate = 1).await;
+    h.register("scheduled", MockState::InProgress).await;
+    h.clock.set_ms(START_MS + GRACE);
+    // A stream of webhooks keeps asking for looks at other jobs.
+    for n in 0..20 {
+        let id = format!("hot-{n}");
+        h.mock.set_state(&id, MockState::InProgress);
+        h.store
+            .ingest(NewDelivery {
+                received_at: h.now(),
+                remote_addr: None,
+                headers: "{}".into(),
+                body: format!("{{\"job_id\": \"{id}\"}}").into_bytes(),
+                target: DeliveryTarget::Job {
+                    job_id: Some(id.clone()),
+                    submission_id: None,
+                    report: None,
+                    look_now: true,
+                    first_poll_at: Some(START_MS + 3_600_000),
+                },
+            })
+            .await
+            .unwrap();
+    }
+    for _ in 0..4 {
+        let next = h.step().await;
+        h.clock.set_ms(next);
+    }
+    assert_eq!(
+        h.calls_for("scheduled").len(),
+        1,
+        "one call in four goes to the schedule"
+    );
+    assert_eq!(h.mock.get_calls().len(), 4);
 }

@@ -583,11 +583,13 @@ impl Store for SqliteStore {
         now: i64,
         lease_until: i64,
         limit: u32,
+        scheduled_first: bool,
     ) -> Result<Vec<Claimed>, StoreError> {
         let mut tx = self.writer.begin().await?;
         let mut claimed = Vec::new();
         // Webhook "look now" first, then the regular schedule; each oldest first.
-        for priority in [1, 0] {
+        let order = if scheduled_first { [0, 1] } else { [1, 0] };
+        for priority in order {
             let left = i64::from(limit) - claimed.len() as i64;
             if left <= 0 {
                 break;
