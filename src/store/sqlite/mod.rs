@@ -12,7 +12,7 @@ use crate::pictory::ReportedState;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Acquire, QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -63,8 +63,11 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            // A transaction still open when the connection comes back was left by a failure
-            // (see `discard_on_error`): that connection is closed, never reused.
+            // A transaction still open when the connection comes back was left by a failure:
+            // after a failed statement or COMMIT (a full disk, say) SQLite may keep the
+            // transaction open, and a connection reused in that state nests later transactions
+            // inside one that never commits, so they are acknowledged and lost. Such a
+            // connection is closed, never reused.
             .after_release(|conn, _| {
                 Box::pin(async move {
                     if sqlx::query("BEGIN").execute(&mut *conn).await.is_err() {
@@ -145,38 +148,30 @@ impl Store for SqliteStore {
     }
 
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
-        let notify = self.notify.load(Ordering::Relaxed);
-        let mut conn = self.writer.acquire().await?;
-        let result = async {
-            let mut tx = conn.begin().await?;
-            let ingested = ingest_one(&mut tx, delivery, notify).await?;
-            tx.commit().await?;
-            Ok(ingested)
-        }
-        .await;
-        discard_on_error(conn, result).await
+        let mut tx = self.writer.begin().await?;
+        let ingested = ingest_one(&mut tx, &delivery, self.notify.load(Ordering::Relaxed)).await?;
+        tx.commit().await?;
+        Ok(ingested)
     }
 
     async fn ingest_batch(
         &self,
         deliveries: Vec<NewDelivery>,
     ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
-        // One transaction and one fsync for the whole batch. A delivery that fails rolls the
-        // batch back, and then each is stored on its own, so one bad delivery is answered
-        // alone while the others still commit.
+        // One transaction and one fsync for the whole batch. If it fails, each delivery is
+        // stored on its own, so one bad delivery is answered alone while the others commit.
         let notify = self.notify.load(Ordering::Relaxed);
-        let mut conn = self.writer.acquire().await?;
         let batch = async {
-            let mut tx = conn.begin().await?;
+            let mut tx = self.writer.begin().await?;
             let mut results = Vec::with_capacity(deliveries.len());
             for delivery in &deliveries {
-                results.push(ingest_one(&mut tx, delivery.clone(), notify).await?);
+                results.push(ingest_one(&mut tx, delivery, notify).await?);
             }
             tx.commit().await?;
-            Ok(results)
+            Ok::<_, StoreError>(results)
         }
         .await;
-        match discard_on_error(conn, batch).await {
+        match batch {
             Ok(results) => Ok(results.into_iter().map(Ok).collect()),
             Err(err) => {
                 tracing::warn!(error = %err, "a delivery batch failed; storing one by one");
@@ -1025,24 +1020,6 @@ impl Store for SqliteStore {
         .await?;
         Ok(result.rows_affected() > 0)
     }
-}
-
-/// Returns the writer connection to the pool after success, and closes it after a failure.
-///
-/// After a failed statement or COMMIT (a full disk, say) SQLite may keep the transaction open
-/// or may have rolled it back by itself, and the driver's idea of which can be wrong; a
-/// connection reused in that state nests later transactions inside one that never commits, so
-/// they are acknowledged and lost. A fresh connection has no such history.
-async fn discard_on_error<T>(
-    conn: sqlx::pool::PoolConnection<Sqlite>,
-    result: Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    if result.is_err() {
-        if let Err(err) = conn.close().await {
-            tracing::warn!(error = %err, "closing a failed writer connection failed");
-        }
-    }
-    result
 }
 
 /// A page of rows fetched newest first with one row more than `limit`: the extra row only says

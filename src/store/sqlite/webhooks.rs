@@ -8,14 +8,14 @@ use sha2::{Digest, Sha256};
 /// `notify`: whether any notification endpoint is configured.
 pub(super) async fn ingest_one(
     tx: &mut Tx<'_>,
-    delivery: NewDelivery,
+    delivery: &NewDelivery,
     notify: bool,
 ) -> Result<Ingested, StoreError> {
     let now = delivery.received_at;
     let sha = Sha256::digest(&delivery.body);
     let (job_id, submission_id, report, look_now, first_poll_at) = match &delivery.target {
         DeliveryTarget::Rejected { reason } => {
-            return archive_rejected(tx, &delivery, &sha, reason).await;
+            return archive_rejected(tx, delivery, &sha, reason).await;
         }
         DeliveryTarget::Job {
             job_id,
@@ -34,12 +34,12 @@ pub(super) async fn ingest_one(
     let Some((job, created)) = resolve_job(tx, job_id, submission_id, first_poll_at, now).await?
     else {
         let reason = "the submission this URL names is not tracked and the body has no job id";
-        return archive_rejected(tx, &delivery, &sha, reason).await;
+        return archive_rejected(tx, delivery, &sha, reason).await;
     };
     let job_pk = job.pk;
     let accepted = insert_delivery(
         tx,
-        &delivery,
+        delivery,
         &sha,
         Some(job_pk),
         DeliveryOutcome::Accepted,
@@ -60,7 +60,7 @@ pub(super) async fn ingest_one(
             .await?;
             let id = insert_delivery(
                 tx,
-                &delivery,
+                delivery,
                 &sha,
                 Some(job_pk),
                 DeliveryOutcome::Duplicate,
