@@ -77,6 +77,38 @@ impl Job {
         }
     }
 
+    /// Applies a planned move: the new status, outputs and error kept unless the move brings
+    /// new ones, and for a final status its completion time and the end of polling. Returns
+    /// the status it moved from, or None when the plan keeps the job as it is. The one place
+    /// that says what a move does; every store path writes the job it leaves.
+    pub fn apply(&mut self, plan: &ReportPlan, now: i64) -> Option<JobStatus> {
+        let ReportPlan::Move {
+            to,
+            output,
+            error,
+            resolved_by,
+        } = plan
+        else {
+            return None;
+        };
+        let from = self.status;
+        self.status = *to;
+        if output.is_some() {
+            self.output.clone_from(output);
+        }
+        if error.is_some() {
+            self.error.clone_from(error);
+        }
+        if let Some(by) = resolved_by {
+            self.resolved_by = Some((*by).to_owned());
+        }
+        if to.is_final() {
+            self.completed_at = Some(now);
+            self.next_poll_at = None;
+        }
+        Some(from)
+    }
+
     /// The id a person would use: Pictory's when known, else the submission's.
     pub fn display_id(&self) -> &str {
         self.job_id
@@ -220,6 +252,64 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn pending_job() -> Job {
+        Job {
+            pk: 1,
+            job_id: Some("j".into()),
+            submission_id: None,
+            status: JobStatus::Pending,
+            output: None,
+            error: None,
+            metadata: None,
+            request: None,
+            resolved_by: None,
+            poll_count: 0,
+            created_at: 0,
+            updated_at: 0,
+            completed_at: None,
+            webhook_received_at: None,
+            last_polled_at: None,
+            next_poll_at: Some(500),
+            seq: 1,
+        }
+    }
+
+    #[test]
+    fn applying_a_move_keeps_what_it_does_not_replace_and_ends_polling_when_final() {
+        let mut job = pending_job();
+        job.error = Some(JobError {
+            code: "OLD".into(),
+            message: "kept".into(),
+        });
+        let to_progress = plan_report(JobStatus::Pending, &ReportedState::InProgress, Cause::Poll);
+        assert_eq!(job.apply(&to_progress, 10), Some(JobStatus::Pending));
+        assert_eq!(
+            (job.status, job.next_poll_at, job.completed_at),
+            (JobStatus::InProgress, Some(500), None)
+        );
+        assert_eq!(job.error.as_ref().map(|e| e.code.as_str()), Some("OLD"));
+
+        let output = JobOutput {
+            url: Some("https://x/v.mp4".into()),
+            ..JobOutput::default()
+        };
+        let done = plan_report(
+            job.status,
+            &ReportedState::Completed(output.clone()),
+            Cause::Webhook,
+        );
+        assert_eq!(job.apply(&done, 20), Some(JobStatus::InProgress));
+        assert_eq!(job.status, JobStatus::Completed);
+        assert_eq!(job.output, Some(output));
+        assert_eq!(job.resolved_by.as_deref(), Some("webhook"));
+        assert_eq!((job.completed_at, job.next_poll_at), (Some(20), None));
+
+        let late = plan_report(job.status, &ReportedState::InProgress, Cause::Webhook);
+        let before = job.clone();
+        assert_eq!(job.apply(&late, 30), None);
+        assert_eq!(job, before, "a kept job is untouched");
     }
 
     #[test]

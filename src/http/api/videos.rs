@@ -160,22 +160,25 @@ async fn record_outcome(
     outcome: SubmitOutcome,
     pictory_fields: &[FieldError],
 ) -> Result<Job, ApiError> {
-    let render_fields = pictory_fields.to_vec();
-    let render = move |job: &Job| render_response(job, &render_fields);
+    // The store takes a `'static` renderer, so it owns its copy of the fields.
+    let owned_fields = pictory_fields.to_vec();
+    let render = move |job: &Job| render_response(job, &owned_fields);
     let mut pause = Duration::from_millis(100);
-    for attempt in 1..=RECORD_ATTEMPTS {
+    let mut attempt = 1;
+    loop {
         let now = state.now_ms();
         let first_poll = state.first_poll_at(now);
-        match state
+        let recorded = state
             .store
             .finish_submission(submission_id, outcome.clone(), first_poll, &render, now)
-            .await
-        {
+            .await;
+        match recorded {
             Ok(job) => return Ok(job),
             Err(err) if attempt < RECORD_ATTEMPTS => {
                 tracing::warn!(error = %err, attempt, submission_id, "cannot record a Generate outcome yet; retrying");
                 tokio::time::sleep(pause).await;
                 pause *= 4;
+                attempt += 1;
             }
             Err(err) => {
                 tracing::error!(error = %err, submission_id, ?outcome, "cannot record a Generate outcome; the submission will be settled as submit_unknown");
@@ -185,9 +188,6 @@ async fn record_outcome(
             }
         }
     }
-    Err(ApiError::Unavailable {
-        retry_after_secs: 30,
-    })
 }
 
 enum Started {

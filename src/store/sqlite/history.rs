@@ -151,47 +151,33 @@ pub(super) async fn apply_plan_noting(
     reason: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
-    let ReportPlan::Move {
-        to,
-        output,
-        error,
-        resolved_by,
-    } = plan
-    else {
+    // Read the row as it is now: the caller may have changed it (a job id, a schedule) since
+    // it read the job the plan was made for.
+    let mut moved = job_by_pk(tx, job.pk).await?;
+    let Some(from) = moved.apply(plan, now) else {
         return Ok(());
     };
-    let output = output
-        .as_ref()
-        .map(|o| serde_json::to_string(o).map_err(corrupt))
-        .transpose()?;
-    let error = error
-        .as_ref()
-        .map(|e| serde_json::to_string(e).map_err(corrupt))
-        .transpose()?;
     sqlx::query(
-        "UPDATE jobs SET status = $1, output = COALESCE($2, output), error = COALESCE($3, error), \
-         resolved_by = COALESCE($4, resolved_by), \
-         completed_at = CASE WHEN $5 THEN $6 ELSE completed_at END, \
-         next_poll_at = CASE WHEN $5 THEN NULL ELSE next_poll_at END \
-         WHERE id = $7",
+        "UPDATE jobs SET status = $1, output = $2, error = $3, resolved_by = $4, \
+         completed_at = $5, next_poll_at = $6 WHERE id = $7",
     )
-    .bind(to.as_str())
-    .bind(output)
-    .bind(error)
-    .bind(*resolved_by)
-    .bind(to.is_final())
-    .bind(now)
+    .bind(moved.status.as_str())
+    .bind(json_text(&moved.output)?)
+    .bind(json_text(&moved.error)?)
+    .bind(moved.resolved_by.as_deref())
+    .bind(moved.completed_at)
+    .bind(moved.next_poll_at)
     .bind(job.pk)
     .execute(&mut **tx)
     .await?;
-    let mut detail =
-        json!({"from": job.status.as_str(), "to": to.as_str(), "cause": cause.as_str()});
+    let to = moved.status;
+    let mut detail = json!({"from": from.as_str(), "to": to.as_str(), "cause": cause.as_str()});
     if let Some(reason) = reason {
         detail["reason"] = json!(reason);
     }
     let change_id = append_event(tx, job.pk, "status_changed", detail, now).await?;
-    let changed = job_by_pk(tx, job.pk).await?;
-    record_change(tx, change_id, &changed, now).await?;
+    moved.updated_at = now;
+    record_change(tx, change_id, &moved, now).await?;
     Ok(())
 }
 
@@ -359,29 +345,15 @@ pub(super) async fn record_webhook(
         .as_ref()
         .filter(|plan| matches!(plan, ReportPlan::Move { .. }) || !job.status.is_final())
         .and_then(|_| std::str::from_utf8(raw_body).ok());
-    let from = job.status;
-    let moved = match plan {
-        Some(ReportPlan::Move {
-            to,
-            output,
-            error,
-            resolved_by,
-        }) => {
-            job.status = to;
-            job.output = output.or(job.output.take());
-            job.error = error.or(job.error.take());
-            job.resolved_by = resolved_by.map(str::to_owned).or(job.resolved_by.take());
-            if to.is_final() {
-                job.completed_at = Some(now);
-                job.next_poll_at = None;
-            }
-            let detail =
-                json!({"from": from.as_str(), "to": to.as_str(), "cause": Cause::Webhook.as_str()});
+    let moved = match plan.as_ref().and_then(|plan| job.apply(plan, now)) {
+        Some(from) => {
+            let detail = json!({"from": from.as_str(), "to": job.status.as_str(),
+                "cause": Cause::Webhook.as_str()});
             let snapshot = serde_json::to_string(&job.view()).map_err(corrupt)?;
             entries.push(("status_changed", detail, Some(snapshot)));
             true
         }
-        _ => false,
+        None => false,
     };
 
     sqlx::query(
