@@ -93,6 +93,10 @@ impl Service {
             .await
             .unwrap()
     }
+
+    async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.unwrap()
+    }
 }
 
 #[tokio::test]
@@ -156,12 +160,7 @@ async fn acknowledged_deliveries_survive_kill_9_and_restart() {
             );
             let delivery: Value = delivery.json().await.unwrap();
             assert_eq!(&delivery["job_id"], job);
-            let status: Value = service
-                .get(&format!("/v1/jobs/{job}"))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let status: Value = service.get_json(&format!("/v1/jobs/{job}")).await;
             assert_eq!(status["status"], "completed", "round {round}: {job}");
         }
         drop(service);
@@ -192,7 +191,7 @@ async fn sigterm_stops_gracefully_with_exit_code_zero() {
     assert_eq!(exit.code(), Some(0), "SIGTERM exits 0");
 
     let service = start(&db).await;
-    let job: Value = service.get("/v1/jobs/term-1").await.json().await.unwrap();
+    let job: Value = service.get_json("/v1/jobs/term-1").await;
     assert_eq!(job["status"], "completed");
 }
 
@@ -225,12 +224,7 @@ async fn a_registration_survives_kill_9_before_its_first_poll() {
     assert!(mock.get_calls().is_empty(), "killed before the first poll");
 
     let service = start_with(&db, &env).await;
-    let job: Value = service
-        .get("/v1/jobs/crash-poll?wait=20s")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = service.get_json("/v1/jobs/crash-poll?wait=20s").await;
     assert_eq!(
         job["status"], "completed",
         "the scheduled poll survived the crash: {job}"
@@ -277,12 +271,7 @@ async fn a_submission_killed_mid_call_stays_visible_and_is_never_sent_twice() {
     );
 
     let service = start_with(&db, &env).await;
-    let list: Value = service
-        .get("/v1/jobs?status=submit_unknown")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = service.get_json("/v1/jobs?status=submit_unknown").await;
     let jobs = list["data"].as_array().unwrap();
     assert_eq!(
         jobs.len(),
@@ -486,21 +475,13 @@ async fn twenty_kill_9_rounds_under_mixed_load_lose_nothing_and_charge_once() {
             200,
             "delivery {delivery_id} of {job} was lost"
         );
-        let job: Value = service
-            .get(&format!("/v1/jobs/{job}?wait=30s"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let job: Value = service.get_json(&format!("/v1/jobs/{job}?wait=30s")).await;
         assert_eq!(job["status"], "completed", "{job}");
     }
     for submission in &submitted {
         let job: Value = service
-            .get(&format!("/v1/jobs/{submission}?wait=30s"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/v1/jobs/{submission}?wait=30s"))
+            .await;
         assert_eq!(
             job["status"], "completed",
             "an acknowledged submission ends completed: {job}"
@@ -515,7 +496,7 @@ async fn twenty_kill_9_rounds_under_mixed_load_lose_nothing_and_charge_once() {
             Some(c) => format!("/v1/jobs?limit=500&cursor={c}"),
             None => "/v1/jobs?limit=500".to_owned(),
         };
-        let page: Value = service.get(&path).await.json().await.unwrap();
+        let page: Value = service.get_json(&path).await;
         for job in page["data"].as_array().unwrap() {
             if job["submission_id"].is_string() {
                 if let Some(id) = job["job_id"].as_str() {
@@ -549,12 +530,7 @@ async fn twenty_kill_9_rounds_under_mixed_load_lose_nothing_and_charge_once() {
     let mut expected: std::collections::HashSet<String> =
         delivered.iter().map(|(job, _)| job.clone()).collect();
     for submission in &submitted {
-        let job: Value = service
-            .get(&format!("/v1/jobs/{submission}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let job: Value = service.get_json(&format!("/v1/jobs/{submission}")).await;
         expected.insert(job["job_id"].as_str().unwrap().to_owned());
     }
     inbox.wait_for_jobs(&expected).await;

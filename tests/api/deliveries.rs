@@ -140,7 +140,6 @@ async fn replaying_a_rejected_or_unknown_delivery_explains_why_not() {
 async fn retention_prunes_old_bodies_in_batches_but_keeps_jobs_and_history() {
     use jobhook::domain::time::ManualClock;
     use jobhook::state::AppState;
-    use jobhook::store::{DeliveryTarget, NewDelivery};
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();
@@ -157,19 +156,11 @@ async fn retention_prunes_old_bodies_in_batches_but_keeps_jobs_and_history() {
             START_MS + 29 * day
         };
         store
-            .ingest(NewDelivery {
+            .ingest(delivery(
+                &completed_body(&format!("r{n}")),
                 received_at,
-                remote_addr: None,
-                headers: "{}".into(),
-                body: completed_body(&format!("r{n}")).to_string().into_bytes(),
-                target: DeliveryTarget::Job {
-                    job_id: Some(format!("r{n}")),
-                    submission_id: None,
-                    report: None,
-                    look_now: false,
-                    first_poll_at: None,
-                },
-            })
+                false,
+            ))
             .await
             .unwrap();
     }

@@ -328,6 +328,25 @@ impl Drop for TestApp {
     }
 }
 
+/// `body` as the webhook handler hands it to the store: trusted (its report applied), or with
+/// `look_now` only a hint that asks for a Get Job call.
+pub fn delivery(body: &Value, received_at: i64, look_now: bool) -> NewDelivery {
+    let report = jobhook::pictory::JobReport::from_json(body);
+    NewDelivery {
+        received_at,
+        remote_addr: None,
+        headers: "{}".into(),
+        body: body.to_string().into_bytes(),
+        target: jobhook::store::DeliveryTarget::Job {
+            job_id: report.job_id,
+            submission_id: None,
+            report: (!look_now).then_some(report.state),
+            look_now,
+            first_poll_at: None,
+        },
+    }
+}
+
 /// A completed Get Job body as Pictory documents it.
 pub fn completed_body(job_id: &str) -> Value {
     json!({"job_id": job_id, "success": true, "data": {

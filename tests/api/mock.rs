@@ -11,6 +11,16 @@ async fn fake(options: MockOptions) -> (MockPictory, String) {
     (mock, base)
 }
 
+/// `GET /v1/jobs/{id}` on the fake with `key` as the bare Authorization value.
+async fn get_job(base: &str, id: &str, key: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/jobs/{id}"))
+        .header("authorization", key)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_key_goes_bare_and_must_look_like_a_pictory_key() {
     let (_mock, base) = fake(MockOptions::default()).await;
@@ -27,12 +37,7 @@ async fn the_key_goes_bare_and_must_look_like_a_pictory_key() {
             json!({"message": "Unauthorized"})
         );
     }
-    let unknown = client
-        .get(format!("{base}/v1/jobs/x"))
-        .header("authorization", "pictai_x")
-        .send()
-        .await
-        .unwrap();
+    let unknown = get_job(&base, "x", "pictai_x").await;
     assert_eq!(unknown.status(), 404);
     let pinned = fake(MockOptions {
         api_key: Some("pictai_only".into()),
@@ -40,12 +45,7 @@ async fn the_key_goes_bare_and_must_look_like_a_pictory_key() {
     })
     .await
     .1;
-    let wrong = client
-        .get(format!("{pinned}/v1/jobs/x"))
-        .header("authorization", "pictai_other")
-        .send()
-        .await
-        .unwrap();
+    let wrong = get_job(&pinned, "x", "pictai_other").await;
     assert_eq!(wrong.status(), 401);
 }
 
@@ -84,15 +84,7 @@ async fn generate_refuses_what_pictory_refuses_and_accepts_the_rest() {
     let id = body["data"]["jobId"].as_str().unwrap();
     assert_eq!(mock.generate_calls(), 1);
     assert_eq!(mock.job(id).unwrap().credits, 160.0);
-    let status: Value = client
-        .get(format!("{base}/v1/jobs/{id}"))
-        .header("authorization", "pictai_x")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_job(&base, id, "pictai_x").await.json().await.unwrap();
     assert_eq!(
         status,
         json!({"job_id": id, "success": true, "data": {"status": "in-progress"}})
@@ -108,33 +100,17 @@ async fn throttling_and_errors_follow_their_rates() {
     })
     .await;
     mock.set_state("j", jobhook::mock::MockState::Completed);
-    let client = reqwest::Client::new();
-    let response = client
-        .get(format!("{base}/v1/jobs/j"))
-        .header("authorization", "pictai_x")
-        .send()
-        .await
-        .unwrap();
+    let response = get_job(&base, "j", "pictai_x").await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "9");
     mock.set_options(MockOptions {
         error_rate: 1.0,
         ..MockOptions::default()
     });
-    let response = client
-        .get(format!("{base}/v1/jobs/j"))
-        .header("authorization", "pictai_x")
-        .send()
-        .await
-        .unwrap();
+    let response = get_job(&base, "j", "pictai_x").await;
     assert_eq!(response.status(), 500);
     mock.set_options(MockOptions::default());
-    let response = client
-        .get(format!("{base}/v1/jobs/j"))
-        .header("authorization", "pictai_x")
-        .send()
-        .await
-        .unwrap();
+    let response = get_job(&base, "j", "pictai_x").await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         mock.get_calls()

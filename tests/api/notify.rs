@@ -9,9 +9,8 @@ use jobhook::config::{decode_whsec, NotifyEndpoint};
 use jobhook::domain::time::{Clock, ManualClock};
 use jobhook::metrics::Metrics;
 use jobhook::notify::Notifier;
-use jobhook::pictory::JobReport;
 use jobhook::signature;
-use jobhook::store::{self, DeliveryTarget, NewDelivery, NotifyRoute, Store};
+use jobhook::store::{self, NotifyRoute, Store};
 use secrecy::SecretString;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -219,22 +218,8 @@ async fn outbox(url: &str, schedule: &[u64]) -> Outbox {
 
 impl Outbox {
     async fn complete(&self, id: &str) {
-        let body = completed_body(id);
-        let report = JobReport::from_json(&body);
         self.store
-            .ingest(NewDelivery {
-                received_at: self.clock.now_ms(),
-                remote_addr: None,
-                headers: "{}".into(),
-                body: body.to_string().into_bytes(),
-                target: DeliveryTarget::Job {
-                    job_id: report.job_id,
-                    submission_id: None,
-                    report: Some(report.state),
-                    look_now: false,
-                    first_poll_at: None,
-                },
-            })
+            .ingest(delivery(&completed_body(id), self.clock.now_ms(), false))
             .await
             .unwrap();
     }

@@ -496,7 +496,6 @@ async fn idle_reconciler_sleeps_until_the_next_due_poll() {
 
 #[tokio::test]
 async fn a_look_now_that_arrives_during_a_scheduled_poll_is_not_lost() {
-    use jobhook::store::{DeliveryTarget, NewDelivery};
     let mut h = harness(|_| {}).await;
     h.register("ln", MockState::InProgress).await;
     h.clock.set_ms(START_MS + GRACE);
@@ -504,19 +503,11 @@ async fn a_look_now_that_arrives_during_a_scheduled_poll_is_not_lost() {
     h.reconciler.step(h.now()).await.unwrap();
     // ...when a webhook asks for a look now.
     h.store
-        .ingest(NewDelivery {
-            received_at: h.now(),
-            remote_addr: None,
-            headers: "{}".into(),
-            body: br#"{"job_id": "ln"}"#.to_vec(),
-            target: DeliveryTarget::Job {
-                job_id: Some("ln".into()),
-                submission_id: None,
-                report: None,
-                look_now: true,
-                first_poll_at: None,
-            },
-        })
+        .ingest(delivery(
+            &serde_json::json!({"job_id": "ln"}),
+            h.now(),
+            true,
+        ))
         .await
         .unwrap();
     h.reconciler.drain().await;
@@ -595,7 +586,6 @@ async fn a_slow_or_garbled_pictory_is_retried_later_and_changes_nothing() {
 
 #[tokio::test]
 async fn webhook_look_nows_cannot_starve_the_regular_schedule() {
-    use jobhook::store::{DeliveryTarget, NewDelivery};
     let mut h = harness(|c| c.rate = 1).await;
     h.register("scheduled", MockState::InProgress).await;
     h.clock.set_ms(START_MS + GRACE);
@@ -604,19 +594,7 @@ async fn webhook_look_nows_cannot_starve_the_regular_schedule() {
         let id = format!("hot-{n}");
         h.mock.set_state(&id, MockState::InProgress);
         h.store
-            .ingest(NewDelivery {
-                received_at: h.now(),
-                remote_addr: None,
-                headers: "{}".into(),
-                body: format!("{{\"job_id\": \"{id}\"}}").into_bytes(),
-                target: DeliveryTarget::Job {
-                    job_id: Some(id.clone()),
-                    submission_id: None,
-                    report: None,
-                    look_now: true,
-                    first_poll_at: Some(START_MS + 3_600_000),
-                },
-            })
+            .ingest(delivery(&serde_json::json!({"job_id": id}), h.now(), true))
             .await
             .unwrap();
     }

@@ -3,8 +3,6 @@
 
 use crate::helpers::*;
 use jobhook::domain::JobStatus;
-use jobhook::pictory::JobReport;
-use jobhook::store::{DeliveryTarget, NewDelivery};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -35,20 +33,7 @@ proptest! {
             let store = jobhook::store::open(&url).await.unwrap();
             store.migrate().await.unwrap();
             for (n, body) in bodies.iter().enumerate() {
-                let report = JobReport::from_json(body);
-                store.ingest(NewDelivery {
-                    received_at: START_MS + n as i64,
-                    remote_addr: None,
-                    headers: "{}".into(),
-                    body: body.to_string().into_bytes(),
-                    target: DeliveryTarget::Job {
-                        job_id: report.job_id,
-                        submission_id: None,
-                        report: Some(report.state),
-                        look_now: false,
-                        first_poll_at: None,
-                    },
-                }).await.unwrap();
+                store.ingest(delivery(body, START_MS + n as i64, false)).await.unwrap();
             }
             let job = store.job("pj").await.unwrap().unwrap();
             let events = store.job_events(job.pk).await.unwrap();

@@ -13,6 +13,22 @@ pub struct SseEvent {
     pub data: Value,
 }
 
+impl SseEvent {
+    /// The job's id and status in the event's data.
+    pub fn job_status(&self) -> (String, String) {
+        let text = |key: &str| self.data[key].as_str().unwrap_or_default().to_owned();
+        (text("job_id"), text("status"))
+    }
+}
+
+/// `(job id, status)` pairs, for comparing with what a test expects.
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
 /// A minimal SSE reader over a streaming response.
 pub struct SseClient {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
@@ -45,6 +61,15 @@ impl SseClient {
         tokio::time::timeout(Duration::from_secs(5), self.read())
             .await
             .expect("an event within five seconds")
+    }
+
+    /// The next `n` events.
+    pub async fn next_n(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            events.push(self.next().await);
+        }
+        events
     }
 
     /// Whether an event arrives within `wait` (for asserting that nothing more comes).
@@ -133,23 +158,11 @@ async fn the_stream_sends_each_status_change_in_order_from_now_on() {
     app.webhook(in_progress_body("s1").to_string()).await;
     app.webhook(completed_body("s1").to_string()).await;
     app.webhook(failed_body("s2").to_string()).await;
-    let events = [
-        stream.next().await,
-        stream.next().await,
-        stream.next().await,
-    ];
-    let seen: Vec<(&str, &str)> = events
-        .iter()
-        .map(|e| {
-            (
-                e.data["job_id"].as_str().unwrap(),
-                e.data["status"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let events = stream.next_n(3).await;
+    let seen: Vec<(String, String)> = events.iter().map(SseEvent::job_status).collect();
     assert_eq!(
         seen,
-        [("s1", "in_progress"), ("s1", "completed"), ("s2", "failed")],
+        pairs(&[("s1", "in_progress"), ("s1", "completed"), ("s2", "failed")]),
         "nothing from before the connection"
     );
     assert!(events.iter().all(|e| e.event == "job.updated"));
@@ -174,23 +187,11 @@ async fn a_client_resumes_with_last_event_id_across_a_restart_without_gaps_or_re
     app.webhook(failed_body("r2").to_string()).await;
 
     let mut resumed = SseClient::connect(&app, "", Some(first.id)).await;
-    let missed = [
-        resumed.next().await,
-        resumed.next().await,
-        resumed.next().await,
-    ];
-    let seen: Vec<(&str, &str)> = missed
-        .iter()
-        .map(|e| {
-            (
-                e.data["job_id"].as_str().unwrap(),
-                e.data["status"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let missed = resumed.next_n(3).await;
+    let seen: Vec<(String, String)> = missed.iter().map(SseEvent::job_status).collect();
     assert_eq!(
         seen,
-        [("r1", "completed"), ("r2", "in_progress"), ("r2", "failed")]
+        pairs(&[("r1", "completed"), ("r2", "in_progress"), ("r2", "failed")])
     );
     assert!(missed[0].id > first.id && missed.windows(2).all(|w| w[0].id < w[1].id));
     assert!(
