@@ -441,6 +441,31 @@ struct Row {
     target: &'static str,
 }
 
+impl Row {
+    /// A throughput row: jobhook's and the baseline's requests (or rows) per second, and the
+    /// ratio between them.
+    fn throughput(what: &'static str, value: f64, baseline: f64, target: &'static str) -> Row {
+        Row {
+            what,
+            value: format!("{value:.0}"),
+            baseline: format!("{baseline:.0}"),
+            ratio: format!("{:.2}", value / baseline),
+            target,
+        }
+    }
+
+    /// A figure with no baseline, only a target.
+    fn figure(what: &'static str, value: String, note: String, target: &'static str) -> Row {
+        Row {
+            what,
+            value,
+            baseline: note,
+            ratio: "-".into(),
+            target,
+        }
+    }
+}
+
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("jobhook-bench-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir)?;
@@ -536,13 +561,12 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
         half.p50_ms, half.p99_ms
     );
 
-    rows.push(Row {
-        what: "webhook ingest (req/s) vs raw batched inserts of the same rows",
-        value: format!("{:.0}", ingest.per_second),
-        baseline: format!("{raw:.0}"),
-        ratio: format!("{:.2}", ingest.per_second / raw),
-        target: "≥ 0.60",
-    });
+    rows.push(Row::throughput(
+        "webhook ingest (req/s) vs raw batched inserts of the same rows",
+        ingest.per_second,
+        raw,
+        "≥ 0.60",
+    ));
     rows.push(Row {
         what: "webhook ingest vs a transaction-per-request handler",
         value: format!("{:.0}", ingest.per_second),
@@ -550,20 +574,18 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
         ratio: format!("{:.1}×", ingest.per_second / per_request.per_second),
         target: "≥ 4×",
     });
-    rows.push(Row {
-        what: "webhook ingest vs an axum handler that only reads the body",
-        value: format!("{:.0}", ingest.per_second),
-        baseline: format!("{:.0}", bare.per_second),
-        ratio: format!("{:.2}", ingest.per_second / bare.per_second),
-        target: "(context)",
-    });
-    rows.push(Row {
-        what: "p99 acknowledgement latency at half load (ms)",
-        value: format!("{:.1}", half.p99_ms),
-        baseline: format!("p50 {:.1}", half.p50_ms),
-        ratio: "-".into(),
-        target: "< 20 ms",
-    });
+    rows.push(Row::throughput(
+        "webhook ingest vs an axum handler that only reads the body",
+        ingest.per_second,
+        bare.per_second,
+        "(context)",
+    ));
+    rows.push(Row::figure(
+        "p99 acknowledgement latency at half load (ms)",
+        format!("{:.1}", half.p99_ms),
+        format!("p50 {:.1}", half.p50_ms),
+        "< 20 ms",
+    ));
 
     // 2. Reading one job against a constant JSON of the same size.
     let job: Value = client
@@ -604,27 +626,24 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
         c.get(format!("{api}/v1/jobs/{}?wait=0s", ids[n % ids.len()]))
     })
     .await;
-    rows.push(Row {
-        what: "GET /v1/jobs/{id}, uncached reads (req/s) vs constant JSON",
-        value: format!("{:.0}", cold.per_second),
-        baseline: format!("{:.0}", constant_load.per_second),
-        ratio: format!("{:.2}", cold.per_second / constant_load.per_second),
-        target: "(context)",
-    });
-    rows.push(Row {
-        what: "GET /v1/jobs/{id} (req/s) vs constant JSON of the same size",
-        value: format!("{:.0}", read.per_second),
-        baseline: format!("{:.0}", constant_load.per_second),
-        ratio: format!("{:.2}", read.per_second / constant_load.per_second),
-        target: "≥ 0.50",
-    });
-    rows.push(Row {
-        what: "resident memory, idle (MB)",
-        value: format!("{idle_rss:.1}"),
-        baseline: "-".into(),
-        ratio: "-".into(),
-        target: "< 40 MB",
-    });
+    rows.push(Row::throughput(
+        "GET /v1/jobs/{id}, uncached reads (req/s) vs constant JSON",
+        cold.per_second,
+        constant_load.per_second,
+        "(context)",
+    ));
+    rows.push(Row::throughput(
+        "GET /v1/jobs/{id} (req/s) vs constant JSON of the same size",
+        read.per_second,
+        constant_load.per_second,
+        "≥ 0.50",
+    ));
+    rows.push(Row::figure(
+        "resident memory, idle (MB)",
+        format!("{idle_rss:.1}"),
+        "-".into(),
+        "< 40 MB",
+    ));
     jobhook.stop().await;
 
     // 3. Lists, memory and start-up with a small and a large database.
@@ -663,20 +682,18 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
         ratio: format!("{:.2}", big_ms / small_ms),
         target: "flat (≈ 1)",
     });
-    rows.push(Row {
-        what: "resident memory with the large database stored (MB)",
-        value: format!("{big_rss:.1}"),
-        baseline: "-".into(),
-        ratio: "-".into(),
-        target: "< 100 MB",
-    });
-    rows.push(Row {
-        what: "start-up to ready with the large database (ms)",
-        value: format!("{:.0}", big_startup.as_secs_f64() * 1000.0),
-        baseline: "-".into(),
-        ratio: "-".into(),
-        target: "< 300 ms",
-    });
+    rows.push(Row::figure(
+        "resident memory with the large database stored (MB)",
+        format!("{big_rss:.1}"),
+        "-".into(),
+        "< 100 MB",
+    ));
+    rows.push(Row::figure(
+        "start-up to ready with the large database (ms)",
+        format!("{:.0}", big_startup.as_secs_f64() * 1000.0),
+        "-".into(),
+        "< 300 ms",
+    ));
 
     // 4. The reconciler: idle with 100,000 scheduled jobs, and a drain of 10,000 overdue ones.
     let db = dir.join("idle.db");
@@ -703,13 +720,12 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
     tokio::time::sleep(idle_window).await;
     let idle_cpu = (cpu_seconds(server.pid()) - before) / idle_window.as_secs_f64() * 100.0;
     server.stop().await;
-    rows.push(Row {
-        what: "reconciler idle with 100,000 scheduled jobs (% of one core)",
-        value: format!("{idle_cpu:.2}%"),
-        baseline: "2 indexed queries per 30 s wake-up".into(),
-        ratio: "-".into(),
-        target: "< 1%",
-    });
+    rows.push(Row::figure(
+        "reconciler idle with 100,000 scheduled jobs (% of one core)",
+        format!("{idle_cpu:.2}%"),
+        "2 indexed queries per 30 s wake-up".into(),
+        "< 1%",
+    ));
 
     let rate = 20;
     let db = dir.join("overdue.db");
