@@ -483,7 +483,7 @@ async fn a_job_leased_by_a_crashed_poller_is_polled_after_the_lease() {
 
 #[tokio::test]
 async fn idle_reconciler_sleeps_until_the_next_due_poll() {
-    let mut h = harness(|_| {}).await;
+    let mut h = harness(|c| c.grace = Duration::from_secs(10)).await;
     assert_eq!(
         h.step().await,
         START_MS + 30_000,
@@ -491,7 +491,12 @@ async fn idle_reconciler_sleeps_until_the_next_due_poll() {
     );
     h.register("i1", MockState::InProgress).await;
     h.clock.advance_ms(1);
-    assert_eq!(h.step().await, START_MS + 1 + 30_000.min(GRACE - 1));
+    assert_eq!(
+        h.step().await,
+        START_MS + 10_000,
+        "a poll due sooner than the idle wake-up is the next wake-up"
+    );
+    assert!(h.calls_for("i1").is_empty());
 }
 
 #[tokio::test]
