@@ -1,6 +1,7 @@
 //! Prunes raw webhook bodies older than `retention.deliveries`, in small batches so the single
 //! SQLite writer is never held long enough to delay ingest. Jobs and their history are kept.
 
+use crate::domain::time::millis;
 use crate::http::api::videos::{render_response, twin_wait};
 use crate::state::AppState;
 use std::time::Duration;
@@ -34,7 +35,7 @@ pub async fn sweep_submissions(state: &AppState) -> usize {
     // Longer than any request can take: every Generate attempt, then every try at recording
     // the outcome (each may wait for the writer connection), then a margin.
     let longest = twin_wait(state.config.pictory.timeout) + Duration::from_secs(3 * 10 + 60);
-    let before = now.saturating_sub(i64::try_from(longest.as_millis()).unwrap_or(i64::MAX));
+    let before = now.saturating_sub(millis(longest));
     match state
         .store
         .recover_submissions(&|job| render_response(job, &[]), before, now)
@@ -59,8 +60,7 @@ pub async fn sweep_submissions(state: &AppState) -> usize {
 
 /// Clears every body older than the retention period; returns how many.
 pub async fn sweep(state: &AppState) -> u64 {
-    let retention =
-        i64::try_from(state.config.retention.deliveries.as_millis()).unwrap_or(i64::MAX);
+    let retention = millis(state.config.retention.deliveries);
     let before = state.now_ms().saturating_sub(retention);
     let mut total = 0;
     loop {

@@ -57,11 +57,16 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
-        let real = self.running_since.map_or(0, |since| {
-            i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
-        });
+        let real = self
+            .running_since
+            .map_or(0, |since| millis(since.elapsed()));
         self.manual.load(Ordering::SeqCst).saturating_add(real)
     }
+}
+
+/// A duration in whole milliseconds, saturating (stored times are unix milliseconds).
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// RFC 3339 UTC, always with three fractional digits, so timestamps sort as text too.

@@ -7,6 +7,7 @@
 
 use crate::changes::Changes;
 use crate::config::{decode_whsec, Config};
+use crate::domain::time::millis;
 use crate::domain::time::Clock;
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::pictory::client::{retry_after, USER_AGENT_VALUE};
@@ -92,7 +93,7 @@ impl Notifier {
             // The run loop wakes as soon as a delivery finishes.
             return Ok(now + IDLE_WAKE_MS);
         }
-        let lease_until = now + ms(SEND_TIMEOUT) + 30_000;
+        let lease_until = now + millis(SEND_TIMEOUT) + 30_000;
         let limit = u32::try_from(room).unwrap_or(u32::MAX);
         let claimed = self
             .store
@@ -155,10 +156,6 @@ impl Notifier {
         }
         self.drain().await;
     }
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Everything one delivery needs, cheap to clone into its task.
@@ -264,9 +261,9 @@ impl Delivery {
         let Some(delay) = self.schedule.get(position) else {
             return AttemptOutcome::Exhausted;
         };
-        let base = ms(*delay);
+        let base = millis(*delay);
         let jitter = rand::thread_rng().gen_range(0..=base / 10);
-        let wait = (base + jitter).max(retry_after.map_or(0, ms));
+        let wait = (base + jitter).max(retry_after.map_or(0, millis));
         AttemptOutcome::RetryAt(self.clock.now_ms().saturating_add(wait))
     }
 }

@@ -1,18 +1,15 @@
 //! When to ask Pictory again: exponential backoff with full jitter, the deadline, `Retry-After`.
 
 use crate::config::ReconcileConfig;
+use crate::domain::time::millis;
 use rand::Rng;
 use std::time::Duration;
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// The delay before poll number `polls_made + 1`: uniform between `interval` and
 /// `min(max_interval, interval * 2^polls_made)`.
 pub fn next_delay(config: &ReconcileConfig, polls_made: i64, rng: &mut impl Rng) -> i64 {
-    let interval = ms(config.interval).max(1);
-    let max = ms(config.max_interval).max(interval);
+    let interval = millis(config.interval).max(1);
+    let max = millis(config.max_interval).max(interval);
     let exponent = u32::try_from(polls_made.clamp(0, 32)).unwrap_or(32);
     let ceiling = interval.saturating_mul(1_i64 << exponent).min(max);
     rng.gen_range(interval..=ceiling)
@@ -30,18 +27,18 @@ pub fn next_poll_at(
 ) -> i64 {
     let mut delay = next_delay(config, polls_made, rng);
     if let Some(wait) = retry_after {
-        delay = delay.max(ms(wait));
+        delay = delay.max(millis(wait));
     }
     let deadline = deadline_at(config, created_at);
     now.saturating_add(delay).min(deadline.max(now))
 }
 
 pub fn deadline_at(config: &ReconcileConfig, created_at: i64) -> i64 {
-    created_at.saturating_add(ms(config.deadline))
+    created_at.saturating_add(millis(config.deadline))
 }
 
 pub fn first_poll_at(config: &ReconcileConfig, now: i64) -> i64 {
-    now.saturating_add(ms(config.grace))
+    now.saturating_add(millis(config.grace))
 }
 
 #[cfg(test)]

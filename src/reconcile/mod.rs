@@ -10,6 +10,7 @@ pub mod limiter;
 
 use crate::changes::Changes;
 use crate::config::ReconcileConfig;
+use crate::domain::time::millis;
 use crate::domain::time::Clock;
 use crate::domain::{Cause, Job};
 use crate::metrics::{Metrics, ResultLabel};
@@ -71,10 +72,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl Poller {
     pub fn new(
         store: Arc<dyn Store>,
@@ -128,7 +125,7 @@ impl Poller {
                 if free_at > now {
                     return (0, free_at);
                 }
-                p.next_probe_at = now + ms(self.config.interval);
+                p.next_probe_at = now + millis(self.config.interval);
                 (1, p.next_probe_at)
             }
             None => (limiter.available(now), free_at),
@@ -206,11 +203,11 @@ impl Poller {
                 }
                 *pause = Some(AuthPause {
                     detail: format!("{detail} (HTTP {http_status})"),
-                    next_probe_at: now + ms(self.config.interval),
+                    next_probe_at: now + millis(self.config.interval),
                 });
             }
             GetJob::Throttled { retry_after } => {
-                let wait = retry_after.map_or(ms(self.config.interval), ms);
+                let wait = retry_after.map_or(millis(self.config.interval), millis);
                 lock(&self.limiter).hold(now.saturating_add(wait));
                 tracing::warn!(
                     wait_ms = wait,
@@ -288,7 +285,7 @@ impl Reconciler {
                 return Ok(lock(&poller.limiter).free_at(now).max(now + 1));
             }
             // The lease outlives the call's timeout; after a crash, start-up releases it.
-            let lease_until = now + ms(poller.client_timeout) + 60_000;
+            let lease_until = now + millis(poller.client_timeout) + 60_000;
             // Every fourth call serves the regular schedule first, so a flood of webhook
             // "look now" requests cannot starve jobs whose webhook never came.
             self.claims = self.claims.wrapping_add(1);
