@@ -4,10 +4,12 @@
 //! fsync. One writer task takes whatever deliveries are waiting (up to [`MAX_BATCH`]), stores them
 //! in one transaction, and answers each only after that commit. Nothing waits on purpose: a batch
 //! is simply what queued up while the previous commit ran, so a lone delivery is committed at
-//! once and a storm shares its fsyncs.
+//! once and a storm shares its fsyncs. After each commit the writer counts, announces and
+//! wakes what the batch concerns (see [`Announce`]).
 
 use crate::changes::Changes;
-use crate::store::{Ingested, NewDelivery, Store, StoreError};
+use crate::metrics::Metrics;
+use crate::store::{DeliveryOutcome, Ingested, NewDelivery, Store, StoreError};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -17,6 +19,15 @@ pub const MAX_BATCH: usize = 256;
 const QUEUE: usize = 4096;
 
 type Reply = oneshot::Sender<Result<Ingested, StoreError>>;
+
+/// Who hears about a committed batch: the writer tells them itself, so a delivery is counted,
+/// announced and verified even when the request that brought it went away meanwhile.
+pub struct Announce {
+    pub changes: Changes,
+    /// The reconciler's wake-up, for deliveries that ask for a Get Job call.
+    pub look_now: Option<Arc<Notify>>,
+    pub metrics: Arc<Metrics>,
+}
 
 #[derive(Clone)]
 pub struct Ingestor {
@@ -28,13 +39,9 @@ impl Ingestor {
     /// After each commit it announces the jobs that changed on `changes`, and nudges
     /// `look_now` (the reconciler) when a delivery asked for a Get Job call: the writer does
     /// it, so an acknowledged delivery is announced even if its request went away meanwhile.
-    pub fn start(
-        store: Arc<dyn Store>,
-        changes: Changes,
-        look_now: Option<Arc<Notify>>,
-    ) -> Ingestor {
+    pub fn start(store: Arc<dyn Store>, announce: Announce) -> Ingestor {
         let (queue, waiting) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(store, waiting, changes, look_now));
+        tokio::spawn(write_batches(store, waiting, announce));
         Ingestor { queue }
     }
 
@@ -59,8 +66,7 @@ impl Ingestor {
 async fn write_batches(
     store: Arc<dyn Store>,
     mut waiting: mpsc::Receiver<(NewDelivery, Reply)>,
-    changes: Changes,
-    look_now: Option<Arc<Notify>>,
+    announce: Announce,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -68,10 +74,16 @@ async fn write_batches(
         let asks_for_a_look = deliveries.iter().any(NewDelivery::looks_now);
         match store.ingest_batch(deliveries).await {
             Ok(results) => {
-                for job in results.iter().flatten().filter_map(|i| i.job.as_ref()) {
-                    changes.publish(job);
+                for ingested in results.iter().flatten() {
+                    announce.metrics.count_delivery(ingested.outcome.as_str());
+                    if ingested.outcome == DeliveryOutcome::Duplicate {
+                        announce.metrics.duplicates.inc();
+                    }
+                    if let Some(job) = &ingested.job {
+                        announce.changes.publish(job);
+                    }
                 }
-                if let (true, Some(wake)) = (asks_for_a_look, &look_now) {
+                if let (true, Some(wake)) = (asks_for_a_look, &announce.look_now) {
                     wake.notify_one();
                 }
                 for (reply, result) in replies.into_iter().zip(results) {

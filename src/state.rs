@@ -3,7 +3,7 @@
 use crate::changes::Changes;
 use crate::config::{decode_whsec, Config};
 use crate::domain::time::Clock;
-use crate::ingest::Ingestor;
+use crate::ingest::{Announce, Ingestor};
 use crate::metrics::Metrics;
 use crate::pictory::PictoryClient;
 use crate::reconcile::Poller;
@@ -89,8 +89,11 @@ impl AppState {
         };
         let ingestor = Ingestor::start(
             store_for_ingest,
-            changes.clone(),
-            poller.as_ref().map(|p| p.wake.clone()),
+            Announce {
+                changes: changes.clone(),
+                look_now: poller.as_ref().map(|p| p.wake.clone()),
+                metrics: metrics.clone(),
+            },
         );
         Ok(AppState(Arc::new(Inner {
             config,

@@ -119,16 +119,12 @@ async fn receive_webhook(
         first_poll_at: state.first_poll_at(received_at),
     };
     let ingested = store(&state, archive(target)).await?;
-    state.metrics.count_delivery(ingested.outcome.as_str());
     match ingested.outcome {
         DeliveryOutcome::Rejected => Err(ApiError::bad_request(
             "unknown_job",
             "the body names no job and the submission is not tracked",
         )),
         outcome => {
-            if outcome == DeliveryOutcome::Duplicate {
-                state.metrics.duplicates.inc();
-            }
             let job = ingested.job.as_ref().map(|job| job.display_id().to_owned());
             tracing::info!(
                 delivery_id = ingested.delivery_id,
@@ -151,7 +147,6 @@ async fn receive_webhook(
 
 async fn store_rejected(state: &AppState, delivery: NewDelivery) -> Result<(), ApiError> {
     let ingested = store(state, delivery).await?;
-    state.metrics.count_delivery(ingested.outcome.as_str());
     tracing::info!(
         delivery_id = ingested.delivery_id,
         "webhook rejected and archived"
