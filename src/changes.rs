@@ -117,25 +117,7 @@ mod tests {
     use crate::domain::Job;
 
     fn job(pk: i64) -> Job {
-        Job {
-            pk,
-            job_id: Some(format!("j{pk}")),
-            submission_id: None,
-            status: JobStatus::Pending,
-            output: None,
-            error: None,
-            metadata: None,
-            request: None,
-            resolved_by: None,
-            poll_count: 0,
-            created_at: 0,
-            updated_at: 0,
-            completed_at: None,
-            webhook_received_at: None,
-            last_polled_at: None,
-            next_poll_at: None,
-            seq: 1,
-        }
+        Job::pending_for_tests(pk)
     }
 
     #[test]

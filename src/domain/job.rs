@@ -30,6 +30,32 @@ pub struct Job {
     pub seq: i64,
 }
 
+#[cfg(test)]
+impl Job {
+    /// A pending job known by Pictory id `j{pk}`, for unit tests.
+    pub(crate) fn pending_for_tests(pk: i64) -> Job {
+        Job {
+            pk,
+            job_id: Some(format!("j{pk}")),
+            submission_id: None,
+            status: JobStatus::Pending,
+            output: None,
+            error: None,
+            metadata: None,
+            request: None,
+            resolved_by: None,
+            poll_count: 0,
+            created_at: 0,
+            updated_at: 0,
+            completed_at: None,
+            webhook_received_at: None,
+            last_polled_at: None,
+            next_poll_at: None,
+            seq: 1,
+        }
+    }
+}
+
 /// The job JSON of SPEC §3, shared by the REST API, the stream and notifications.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
@@ -256,23 +282,8 @@ mod tests {
 
     fn pending_job() -> Job {
         Job {
-            pk: 1,
-            job_id: Some("j".into()),
-            submission_id: None,
-            status: JobStatus::Pending,
-            output: None,
-            error: None,
-            metadata: None,
-            request: None,
-            resolved_by: None,
-            poll_count: 0,
-            created_at: 0,
-            updated_at: 0,
-            completed_at: None,
-            webhook_received_at: None,
-            last_polled_at: None,
             next_poll_at: Some(500),
-            seq: 1,
+            ..Job::pending_for_tests(1)
         }
     }
 
