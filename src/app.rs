@@ -117,7 +117,11 @@ impl Service {
         // A crash mid-submission leaves records whose Generate call may have reached Pictory.
         let recovered = state
             .store
-            .recover_submissions(&|job| render_response(job, &[]), i64::MAX, state.now_ms())
+            .recover_submissions(
+                Arc::new(|job| render_response(job, &[])),
+                i64::MAX,
+                state.now_ms(),
+            )
             .await
             .context("cannot recover interrupted submissions")?;
         for job in &recovered {

@@ -2,14 +2,17 @@
 //!
 //! Every delivery must be durable before it is acknowledged, and with SQLite each commit costs an
 //! fsync. One writer task takes whatever deliveries are waiting (up to [`MAX_BATCH`]), stores them
-//! in one transaction, and answers each only after that commit. Nothing waits on purpose: a batch
-//! is simply what queued up while the previous commit ran, so a lone delivery is committed at
-//! once and a storm shares its fsyncs. After each commit the writer counts, announces and
+//! in one transaction, and answers each only after that commit is flushed to disk. Nothing waits
+//! on purpose: a batch is simply what queued up while the previous ones were written, so a lone
+//! delivery is committed at once and a storm shares its commits and flushes. Up to
+//! [`MAX_IN_FLIGHT`] batches are under way at once, so the database writes one while the disk
+//! flushes another. After each commit the writer counts, announces and
 //! wakes what the batch concerns (see [`Announce`]).
 
 use crate::changes::Changes;
 use crate::metrics::Metrics;
 use crate::store::{DeliveryOutcome, Ingested, NewDelivery, Store, StoreError};
+use futures::stream::{FuturesOrdered, StreamExt};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -17,6 +20,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 pub const MAX_BATCH: usize = 256;
 /// Deliveries waiting for the writer before senders wait too (backpressure).
 const QUEUE: usize = 4096;
+/// Batches queued or being flushed at once: while one batch's WAL is flushed, the next is
+/// written, and deliveries arriving meanwhile gather into the one after.
+const MAX_IN_FLIGHT: usize = 2;
 
 type Reply = oneshot::Sender<Result<Ingested, StoreError>>;
 
@@ -68,35 +74,65 @@ async fn write_batches(
     mut waiting: mpsc::Receiver<(NewDelivery, Reply)>,
     announce: Announce,
 ) {
+    // Batches in flight, answered in the order they were queued.
+    let mut in_flight = FuturesOrdered::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (deliveries, replies): (Vec<NewDelivery>, Vec<Reply>) = batch.drain(..).unzip();
-        let asks_for_a_look = deliveries.iter().any(NewDelivery::looks_now);
-        match store.ingest_batch(deliveries).await {
-            Ok(results) => {
-                for ingested in results.iter().flatten() {
-                    announce.metrics.count_delivery(ingested.outcome.as_str());
-                    if ingested.outcome == DeliveryOutcome::Duplicate {
-                        announce.metrics.duplicates.inc();
-                    }
-                    if let Some(job) = &ingested.job {
-                        announce.changes.publish(job);
-                    }
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            // Finished batches first: their senders are waiting.
+            biased;
+            Some((stored, replies)) = in_flight.next(), if !in_flight.is_empty() => {
+                answer(stored, replies, &announce);
+            }
+            taken = waiting.recv_many(&mut batch, MAX_BATCH),
+                if open && in_flight.len() < MAX_IN_FLIGHT =>
+            {
+                if taken == 0 {
+                    open = false;
+                    continue;
                 }
-                if let (true, Some(wake)) = (asks_for_a_look, &announce.look_now) {
-                    wake.notify_one();
+                let (deliveries, replies): (Vec<NewDelivery>, Vec<Reply>) =
+                    batch.drain(..).unzip();
+                let asks_for_a_look = deliveries.iter().any(NewDelivery::looks_now);
+                // Queued for the database now, in order; flushed while the next batch forms.
+                let stored = store.ingest_batch(deliveries);
+                in_flight.push_back(async move { (stored.await, (replies, asks_for_a_look)) });
+            }
+        }
+    }
+}
+
+/// Counts, announces and answers a batch once it is durable.
+fn answer(
+    stored: Result<Vec<Result<Ingested, StoreError>>, StoreError>,
+    (replies, asks_for_a_look): (Vec<Reply>, bool),
+    announce: &Announce,
+) {
+    match stored {
+        Ok(results) => {
+            for ingested in results.iter().flatten() {
+                announce.metrics.count_delivery(ingested.outcome.as_str());
+                if ingested.outcome == DeliveryOutcome::Duplicate {
+                    announce.metrics.duplicates.inc();
                 }
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // The requester may have gone away; its delivery is stored all the same.
-                    let _ = reply.send(result);
+                if let Some(job) = &ingested.job {
+                    announce.changes.publish(job);
                 }
             }
-            Err(err) => {
-                let message = err.to_string();
-                tracing::error!(error = %message, size = replies.len(), "a delivery batch was not committed");
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Batch(message.clone())));
-                }
+            if let (true, Some(wake)) = (asks_for_a_look, &announce.look_now) {
+                wake.notify_one();
+            }
+            for (reply, result) in replies.into_iter().zip(results) {
+                // The requester may have gone away; its delivery is stored all the same.
+                let _ = reply.send(result);
+            }
+        }
+        Err(err) => {
+            let message = err.to_string();
+            tracing::error!(error = %message, size = replies.len(), "a delivery batch was not committed");
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Batch(message.clone())));
             }
         }
     }

@@ -4,6 +4,7 @@
 use crate::domain::time::millis;
 use crate::http::api::videos::{render_response, twin_wait};
 use crate::state::AppState;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +39,7 @@ pub async fn sweep_submissions(state: &AppState) -> usize {
     let before = now.saturating_sub(millis(longest));
     match state
         .store
-        .recover_submissions(&|job| render_response(job, &[]), before, now)
+        .recover_submissions(Arc::new(|job| render_response(job, &[])), before, now)
         .await
     {
         Ok(jobs) => {

@@ -15,10 +15,16 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
 
 pub use cursor::Cursor;
 
+/// What [`Store::ingest_batch`] answers: one result per delivery, once the batch is durable.
+pub type BatchFuture =
+    futures::future::BoxFuture<'static, Result<Vec<Result<Ingested, StoreError>>, StoreError>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
@@ -154,12 +160,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a delivery durably and applies it; commits before returning.
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError>;
-    /// Stores many deliveries in one transaction (group commit). The outer error means nothing
-    /// was committed; an inner one, that only that delivery was not.
-    async fn ingest_batch(
-        &self,
-        deliveries: Vec<NewDelivery>,
-    ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError>;
+    /// Stores many deliveries in one transaction (group commit). The batch is queued for the
+    /// database when this is called, so batches are stored in the order of the calls and a
+    /// caller may start the next one while this one is flushed; the future resolves once it is
+    /// durable. The outer error means nothing was committed; an inner one, that only that
+    /// delivery was not.
+    fn ingest_batch(&self, deliveries: Vec<NewDelivery>) -> BatchFuture;
     /// Applies an archived delivery again. None when there is no such delivery.
     async fn replay(
         &self,
@@ -191,14 +197,14 @@ pub trait Store: Send + Sync + 'static {
         submission_id: &str,
         outcome: SubmitOutcome,
         first_poll_at: Option<i64>,
-        render: &RenderResponse,
+        render: std::sync::Arc<RenderResponse>,
         now: i64,
     ) -> Result<Job, StoreError>;
     /// Submissions left `submitting` (made before `created_before`) may or may not have reached
     /// Pictory, so they become `submit_unknown` (never retried). Returns them.
     async fn recover_submissions(
         &self,
-        render: &RenderResponse,
+        render: std::sync::Arc<RenderResponse>,
         created_before: i64,
         now: i64,
     ) -> Result<Vec<Job>, StoreError>;

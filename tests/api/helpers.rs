@@ -8,10 +8,10 @@ use jobhook::domain::{Job, JobEvent, JobStatus};
 use jobhook::mock::{MockOptions, MockPictory};
 use jobhook::state::AppState;
 use jobhook::store::{
-    self, Attempt, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter, EndpointState,
-    Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification, NotifyRoute, Page,
-    PollRecord, Registered, RenderResponse, ReplayInput, Replayed, Store, StoreError,
-    SubmitOutcome,
+    self, Attempt, BatchFuture, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
+    EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
+    NotifyRoute, Page, PollRecord, Registered, RenderResponse, ReplayInput, Replayed, Store,
+    StoreError, SubmitOutcome,
 };
 use reqwest::{Client, Response};
 use secrecy::SecretString;
@@ -420,12 +420,11 @@ impl Store for FaultyStore {
         self.faults.check()?;
         self.inner.ingest(delivery).await
     }
-    async fn ingest_batch(
-        &self,
-        deliveries: Vec<NewDelivery>,
-    ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
-        self.faults.check()?;
-        self.inner.ingest_batch(deliveries).await
+    fn ingest_batch(&self, deliveries: Vec<NewDelivery>) -> BatchFuture {
+        if let Err(err) = self.faults.check() {
+            return Box::pin(async move { Err(err) });
+        }
+        self.inner.ingest_batch(deliveries)
     }
     async fn replay(
         &self,
@@ -464,7 +463,7 @@ impl Store for FaultyStore {
         submission_id: &str,
         outcome: SubmitOutcome,
         first_poll_at: Option<i64>,
-        render: &RenderResponse,
+        render: Arc<RenderResponse>,
         now: i64,
     ) -> Result<Job, StoreError> {
         self.faults.check()?;
@@ -474,7 +473,7 @@ impl Store for FaultyStore {
     }
     async fn recover_submissions(
         &self,
-        render: &RenderResponse,
+        render: Arc<RenderResponse>,
         created_before: i64,
         now: i64,
     ) -> Result<Vec<Job>, StoreError> {

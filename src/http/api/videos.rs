@@ -12,12 +12,13 @@ use crate::http::error::{ApiError, ErrorBody, FieldError};
 use crate::http::extract::ApiJson;
 use crate::pictory::{rules, Generate, JobError};
 use crate::state::AppState;
-use crate::store::{Begun, IdempotencyKey, KeyState, NewSubmission, SubmitOutcome};
+use crate::store::{Begun, IdempotencyKey, KeyState, NewSubmission, RenderResponse, SubmitOutcome};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
@@ -162,7 +163,8 @@ async fn record_outcome(
 ) -> Result<Job, ApiError> {
     // The store takes a `'static` renderer, so it owns its copy of the fields.
     let owned_fields = pictory_fields.to_vec();
-    let render = move |job: &Job| render_response(job, &owned_fields);
+    let render: Arc<RenderResponse> =
+        Arc::new(move |job: &Job| render_response(job, &owned_fields));
     let mut pause = Duration::from_millis(100);
     let mut attempt = 1;
     loop {
@@ -170,7 +172,13 @@ async fn record_outcome(
         let first_poll = state.first_poll_at(now);
         let recorded = state
             .store
-            .finish_submission(submission_id, outcome.clone(), first_poll, &render, now)
+            .finish_submission(
+                submission_id,
+                outcome.clone(),
+                first_poll,
+                render.clone(),
+                now,
+            )
             .await;
         match recorded {
             Ok(job) => return Ok(job),

@@ -1,18 +1,20 @@
-//! The SQLite store: one writer connection (SQLite has one writer anyway; queueing in the pool is
-//! cheaper than busy-waiting on the file lock) and a pool of readers that never wait behind it (WAL).
+//! The SQLite store. Writes run on one connection owned by a thread of its own (see
+//! [`writer`]): SQLite has one writer anyway, and queueing closures for it is cheaper than
+//! busy-waiting on the file lock. Reads come from a pool of read-only connections that never
+//! wait behind the writer (WAL).
 
 use super::{
-    Attempt, AttemptOutcome, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
+    Attempt, AttemptOutcome, BatchFuture, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
     EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
-    NotifyRoute, Page, PollOutcome, PollRecord, Registered, RenderResponse, ReplayInput, Replayed,
-    Store, StoreError, SubmitOutcome, NOT_FOUND_AFTER,
+    NotifyRoute, Page, PollRecord, Registered, RenderResponse, ReplayInput, Replayed, Store,
+    StoreError, SubmitOutcome,
 };
-use crate::domain::{plan_report, Cause, Job, JobEvent, JobStatus, ReportPlan};
-use crate::pictory::ReportedState;
+use crate::domain::{Cause, Job, JobEvent, JobStatus};
 use async_trait::async_trait;
+use rusqlite::params;
 use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,26 +22,31 @@ use std::time::Duration;
 
 mod history;
 mod outbox;
+mod polls;
 mod rows;
 mod webhooks;
+mod writer;
 
 use history::{
-    append_event, apply_plan, ensure_job, finish_one, job_by_pk, moved_to, record_webhook,
-    resolve_job, WebhookOnJob,
+    append_event, ensure_job, finish_one, job_by_pk, record_webhook, resolve_job, WebhookOnJob,
 };
-use outbox::{notification_from_row, NOTIFICATION_COLUMNS};
-use rows::{delivery_from_row, job_from_row, DELIVERY_COLUMNS, DELIVERY_FROM, JOB_COLUMNS};
+use polls::record_poll;
+use rows::{
+    delivery_from_row, job_from_row, notification_from_row, notification_from_written,
+    DELIVERY_COLUMNS, DELIVERY_FROM, JOB_COLUMNS, NOTIFICATION_COLUMNS,
+};
 use webhooks::ingest_one;
+use writer::{execute, query_all, query_one, query_optional, Writer};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: Arc<Writer>,
     reader: SqlitePool,
     /// Whether any notification route exists (saves the outbox statements when none does).
     notify: Arc<AtomicBool>,
-    /// Moves the WAL into the database file, off the commit path.
-    checkpointer: SqlitePool,
+    /// Runs the migrations, and moves the WAL into the database file off the commit path.
+    upkeep: SqlitePool,
 }
 
 impl SqliteStore {
@@ -52,41 +59,20 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        if let Some(parent) = options.get_filename().parent() {
+        let path = options.get_filename().to_path_buf();
+        if let Some(parent) = path.parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent)
                     .map_err(|err| StoreError::Database(sqlx::Error::Io(err)))?;
             }
         }
-        // The writer never checkpoints: a checkpoint in the commit path stalls every delivery
-        // waiting on that commit. `maintain` checkpoints from a connection of its own.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
-            // A transaction still open when the connection comes back was left by a failure:
-            // after a failed statement or COMMIT (a full disk, say) SQLite may keep the
-            // transaction open, and a connection reused in that state nests later transactions
-            // inside one that never commits, so they are acknowledged and lost. Such a
-            // connection is closed, never reused.
-            .after_release(|conn, _| {
-                Box::pin(async move {
-                    if sqlx::query("BEGIN").execute(&mut *conn).await.is_err() {
-                        tracing::warn!(
-                            "a writer connection came back inside a transaction; closing it"
-                        );
-                        return Ok(false);
-                    }
-                    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
-                    Ok(true)
-                })
-            })
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
-            .await?;
-        let checkpointer = SqlitePoolOptions::new()
+        // Opened first: it creates the file and puts it in WAL mode.
+        let upkeep = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await?;
+        let writer = Arc::new(Writer::open(&path)?);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
@@ -95,13 +81,14 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             reader,
-            checkpointer,
+            upkeep,
             notify: Arc::new(AtomicBool::new(false)),
         })
     }
 }
 
-pub(super) type Tx<'a> = Transaction<'a, Sqlite>;
+/// A write transaction on the writer thread (a `rusqlite::Transaction` derefs to it).
+pub(super) type Tx = rusqlite::Connection;
 
 pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
@@ -109,20 +96,20 @@ pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.writer).await?;
+        MIGRATOR.run(&self.upkeep).await?;
         Ok(())
     }
 
     async fn close(&self) {
         self.reader.close().await;
-        self.checkpointer.close().await;
         self.writer.close().await;
+        self.upkeep.close().await;
     }
 
     async fn maintain(&self) -> Result<(), StoreError> {
         // PASSIVE: copies what it can without waiting for (or blocking) the writer or readers.
         sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&self.checkpointer)
+            .execute(&self.upkeep)
             .await?;
         Ok(())
     }
@@ -138,50 +125,54 @@ impl Store for SqliteStore {
                 "schema version {applied:?}, this build needs {latest:?}"
             )));
         }
-        sqlx::query(
-            "INSERT INTO heartbeat (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = $1",
-        )
-        .bind(now)
-        .execute(&self.writer)
-        .await?;
+        self.writer
+            .write(move |tx| {
+                execute(
+                    tx,
+                    "INSERT INTO heartbeat (id, at) VALUES (1, ?1) \
+                     ON CONFLICT (id) DO UPDATE SET at = ?1",
+                    [now],
+                )
+            })
+            .await?;
         Ok(())
     }
 
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let ingested = ingest_one(&mut tx, &delivery, self.notify.load(Ordering::Relaxed)).await?;
-        tx.commit().await?;
-        Ok(ingested)
+        let notify = self.notify.load(Ordering::Relaxed);
+        self.writer
+            .write(move |tx| ingest_one(tx, &delivery, notify))
+            .await
     }
 
-    async fn ingest_batch(
-        &self,
-        deliveries: Vec<NewDelivery>,
-    ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
-        // One transaction and one fsync for the whole batch. If it fails, each delivery is
-        // stored on its own, so one bad delivery is answered alone while the others commit.
+    fn ingest_batch(&self, deliveries: Vec<NewDelivery>) -> BatchFuture {
+        // One transaction for the whole batch. If it fails, each delivery is stored on its
+        // own, so one bad delivery is answered alone while the others commit.
         let notify = self.notify.load(Ordering::Relaxed);
-        let batch = async {
-            let mut tx = self.writer.begin().await?;
-            let mut results = Vec::with_capacity(deliveries.len());
-            for delivery in &deliveries {
-                results.push(ingest_one(&mut tx, delivery, notify).await?);
-            }
-            tx.commit().await?;
-            Ok::<_, StoreError>(results)
-        }
-        .await;
-        match batch {
-            Ok(results) => Ok(results.into_iter().map(Ok).collect()),
-            Err(err) => {
-                tracing::warn!(error = %err, "a delivery batch failed; storing one by one");
-                let mut alone = Vec::with_capacity(deliveries.len());
-                for delivery in deliveries {
-                    alone.push(self.ingest(delivery).await);
+        let deliveries = Arc::new(deliveries);
+        let batch = deliveries.clone();
+        let stored = self.writer.submit(move |tx| {
+            batch
+                .iter()
+                .map(|delivery| ingest_one(tx, delivery, notify))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let store = self.clone();
+        Box::pin(async move {
+            match stored.await {
+                Ok(results) => Ok(results.into_iter().map(Ok).collect()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "a delivery batch failed; storing one by one");
+                    let deliveries =
+                        Arc::try_unwrap(deliveries).unwrap_or_else(|all| (*all).clone());
+                    let mut alone = Vec::with_capacity(deliveries.len());
+                    for delivery in deliveries {
+                        alone.push(store.ingest(delivery).await);
+                    }
+                    Ok(alone)
                 }
-                Ok(alone)
             }
-        }
+        })
     }
 
     async fn replay(
@@ -190,49 +181,51 @@ impl Store for SqliteStore {
         again: ReplayInput,
         now: i64,
     ) -> Result<Option<Replayed>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let row: Option<(Option<i64>, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT d.job_pk, COALESCE(d.body, o.body) FROM deliveries d \
-             LEFT JOIN deliveries o ON o.id = d.duplicate_of WHERE d.id = $1",
-        )
-        .bind(delivery_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((job_pk, body)) = row else {
-            return Ok(None);
-        };
-        let Some(body) = body else {
-            return Ok(Some(Replayed::NotApplicable(
-                "the delivery's body was pruned by retention".into(),
-            )));
-        };
-        let (job, created) = match (job_pk, again.job_id.as_deref()) {
-            (Some(pk), _) => (job_by_pk(&mut tx, pk).await?, false),
-            (None, Some(job_id)) => {
-                resolve_job(&mut tx, Some(job_id), None, again.first_poll_at, now)
-                    .await?
-                    .ok_or_else(|| corrupt("a job id that resolves to no job"))?
-            }
-            (None, None) => {
-                return Ok(Some(Replayed::NotApplicable(
-                    "the delivery names no job".into(),
-                )))
-            }
-        };
-        let webhook = WebhookOnJob {
-            job,
-            created,
-            delivery_id,
-            duplicate: false,
-            replay: true,
-            report: again.report.as_ref(),
-            look_now: again.look_now,
-            raw_body: &body,
-            notify: self.notify.load(Ordering::Relaxed),
-        };
-        let job = record_webhook(&mut tx, webhook, now).await?;
-        tx.commit().await?;
-        Ok(Some(Replayed::Applied(Box::new(job))))
+        let notify = self.notify.load(Ordering::Relaxed);
+        self.writer
+            .write(move |tx| {
+                let row: Option<(Option<i64>, Option<Vec<u8>>)> = query_optional(
+                    tx,
+                    "SELECT d.job_pk, COALESCE(d.body, o.body) FROM deliveries d \
+                     LEFT JOIN deliveries o ON o.id = d.duplicate_of WHERE d.id = ?1",
+                    [delivery_id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )?;
+                let Some((job_pk, body)) = row else {
+                    return Ok(None);
+                };
+                let Some(body) = body else {
+                    return Ok(Some(Replayed::NotApplicable(
+                        "the delivery's body was pruned by retention".into(),
+                    )));
+                };
+                let (job, created) = match (job_pk, again.job_id.as_deref()) {
+                    (Some(pk), _) => (job_by_pk(tx, pk)?, false),
+                    (None, Some(job_id)) => {
+                        resolve_job(tx, Some(job_id), None, again.first_poll_at, now)?
+                            .ok_or_else(|| corrupt("a job id that resolves to no job"))?
+                    }
+                    (None, None) => {
+                        return Ok(Some(Replayed::NotApplicable(
+                            "the delivery names no job".into(),
+                        )))
+                    }
+                };
+                let webhook = WebhookOnJob {
+                    job,
+                    created,
+                    delivery_id,
+                    duplicate: false,
+                    replay: true,
+                    report: again.report.as_ref(),
+                    look_now: again.look_now,
+                    raw_body: &body,
+                    notify,
+                };
+                let job = record_webhook(tx, webhook, now)?;
+                Ok(Some(Replayed::Applied(Box::new(job))))
+            })
+            .await
     }
 
     async fn register(
@@ -242,19 +235,21 @@ impl Store for SqliteStore {
         first_poll_at: Option<i64>,
         now: i64,
     ) -> Result<Registered, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let (pk, created) = ensure_job(
-            &mut tx,
-            job_id,
-            metadata.as_ref(),
-            Cause::Api,
-            first_poll_at,
-            now,
-        )
-        .await?;
-        let job = job_by_pk(&mut tx, pk).await?;
-        tx.commit().await?;
-        Ok(Registered { job, created })
+        let job_id = job_id.to_owned();
+        self.writer
+            .write(move |tx| {
+                let (pk, created) = ensure_job(
+                    tx,
+                    &job_id,
+                    metadata.as_ref(),
+                    Cause::Api,
+                    first_poll_at,
+                    now,
+                )?;
+                let job = job_by_pk(tx, pk)?;
+                Ok(Registered { job, created })
+            })
+            .await
     }
 
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -422,16 +417,17 @@ impl Store for SqliteStore {
     }
 
     async fn prune_delivery_bodies(&self, before: i64, batch: u32) -> Result<u64, StoreError> {
-        let result = sqlx::query(
-            "UPDATE deliveries SET body = NULL, pruned_at = $1 WHERE id IN \
-             (SELECT id FROM deliveries WHERE body IS NOT NULL AND received_at < $1 \
-              ORDER BY received_at LIMIT $2)",
-        )
-        .bind(before)
-        .bind(i64::from(batch))
-        .execute(&self.writer)
-        .await?;
-        Ok(result.rows_affected())
+        self.writer
+            .write(move |tx| {
+                execute(
+                    tx,
+                    "UPDATE deliveries SET body = NULL, pruned_at = ?1 WHERE id IN \
+                     (SELECT id FROM deliveries WHERE body IS NOT NULL AND received_at < ?1 \
+                      ORDER BY received_at LIMIT ?2)",
+                    params![before, i64::from(batch)],
+                )
+            })
+            .await
     }
 
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
@@ -449,62 +445,61 @@ impl Store for SqliteStore {
         submission: NewSubmission,
         now: i64,
     ) -> Result<Begun, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let pk: i64 = sqlx::query_scalar(
-            "INSERT INTO jobs (submission_id, status, request, metadata, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
-        )
-        .bind(&submission.submission_id)
-        .bind(JobStatus::Submitting.as_str())
-        .bind(submission.request.to_string())
-        .bind(submission.metadata.as_ref().map(Value::to_string))
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        if let Some(idempotency) = &submission.idempotency {
-            // The key is claimed by a constraint, so two concurrent twins cannot both start.
-            let claimed: Option<String> = sqlx::query_scalar(
-                "INSERT INTO idempotency_keys (key, fingerprint, job_pk, created_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING key",
-            )
-            .bind(&idempotency.key)
-            .bind(&idempotency.fingerprint)
-            .bind(pk)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if claimed.is_none() {
-                // Not ours: drop the row we just made and report what the key holds.
-                tx.rollback().await?;
-                let existing: Option<(Vec<u8>, Option<i64>, Option<String>)> = sqlx::query_as(
-                    "SELECT fingerprint, status_code, response FROM idempotency_keys WHERE key = $1",
-                )
-                .bind(&idempotency.key)
-                .fetch_optional(&self.writer)
-                .await?;
-                return Ok(match existing {
-                    // Released (nothing was created) between our two statements: in flight is
-                    // the safe answer, and the caller looks again.
-                    None => Begun::InFlight,
-                    Some((fingerprint, _, _)) if fingerprint != idempotency.fingerprint => {
-                        Begun::KeyReused
+        self.writer
+            .write(move |tx| {
+                // The writer holds the write lock for the whole transaction, so the key cannot
+                // be claimed by anyone else between this look and the insert below.
+                if let Some(idempotency) = &submission.idempotency {
+                    let existing: Option<(Vec<u8>, Option<i64>, Option<String>)> = query_optional(
+                        tx,
+                        "SELECT fingerprint, status_code, response FROM idempotency_keys \
+                         WHERE key = ?1",
+                        [&idempotency.key],
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    )?;
+                    match existing {
+                        None => {}
+                        Some((fingerprint, _, _)) if fingerprint != idempotency.fingerprint => {
+                            return Ok(Begun::KeyReused)
+                        }
+                        Some((_, Some(status), Some(body))) => {
+                            return Ok(Begun::Replay {
+                                status: u16::try_from(status).map_err(corrupt)?,
+                                body,
+                            })
+                        }
+                        Some(_) => return Ok(Begun::InFlight),
                     }
-                    Some((_, Some(status), Some(body))) => Begun::Replay {
-                        status: u16::try_from(status).map_err(corrupt)?,
-                        body,
-                    },
-                    Some(_) => Begun::InFlight,
-                });
-            }
-        }
-        let mut detail = json!({"cause": "api"});
-        if let Some(idempotency) = &submission.idempotency {
-            detail["idempotency_key"] = json!(idempotency.key);
-        }
-        append_event(&mut tx, pk, "submitted", detail, now).await?;
-        let job = job_by_pk(&mut tx, pk).await?;
-        tx.commit().await?;
-        Ok(Begun::Started(Box::new(job)))
+                }
+                let pk: i64 = query_one(
+                    tx,
+                    "INSERT INTO jobs (submission_id, status, request, metadata, created_at, \
+                     updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
+                    params![
+                        submission.submission_id,
+                        JobStatus::Submitting.as_str(),
+                        submission.request.to_string(),
+                        submission.metadata.as_ref().map(Value::to_string),
+                        now
+                    ],
+                    |row| Ok(row.get(0)?),
+                )?;
+                let mut detail = json!({"cause": "api"});
+                if let Some(idempotency) = &submission.idempotency {
+                    // The primary key on `key` is the last word should two processes share
+                    // the file: the loser's transaction fails and nothing of it is kept.
+                    execute(
+                        tx,
+                        "INSERT INTO idempotency_keys (key, fingerprint, job_pk, created_at) \
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![idempotency.key, idempotency.fingerprint, pk, now],
+                    )?;
+                    detail["idempotency_key"] = json!(idempotency.key);
+                }
+                append_event(tx, pk, "submitted", detail, now)?;
+                Ok(Begun::Started(Box::new(job_by_pk(tx, pk)?)))
+            })
+            .await
     }
 
     async fn idempotency_key(&self, key: &str) -> Result<KeyState, StoreError> {
@@ -528,49 +523,59 @@ impl Store for SqliteStore {
         submission_id: &str,
         outcome: SubmitOutcome,
         first_poll_at: Option<i64>,
-        render: &RenderResponse,
+        render: Arc<RenderResponse>,
         now: i64,
     ) -> Result<Job, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let pk: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE submission_id = $1")
-            .bind(submission_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let job = finish_one(&mut tx, pk, outcome, first_poll_at, render, now).await?;
-        tx.commit().await?;
-        Ok(job)
+        let submission_id = submission_id.to_owned();
+        self.writer
+            .write(move |tx| {
+                let pk: i64 = query_one(
+                    tx,
+                    "SELECT id FROM jobs WHERE submission_id = ?1",
+                    [&submission_id],
+                    |row| Ok(row.get(0)?),
+                )?;
+                finish_one(tx, pk, outcome, first_poll_at, &*render, now)
+            })
+            .await
     }
 
     async fn recover_submissions(
         &self,
-        render: &RenderResponse,
+        render: Arc<RenderResponse>,
         created_before: i64,
         now: i64,
     ) -> Result<Vec<Job>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let stuck: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE status = $1 AND created_at < $2")
-                .bind(JobStatus::Submitting.as_str())
-                .bind(created_before)
-                .fetch_all(&mut *tx)
-                .await?;
-        let mut recovered = Vec::with_capacity(stuck.len());
-        for pk in stuck {
-            let outcome = SubmitOutcome::Unknown {
-                reason: "jobhook stopped while the Generate call was in flight".into(),
-            };
-            recovered.push(finish_one(&mut tx, pk, outcome, None, render, now).await?);
-        }
-        tx.commit().await?;
-        Ok(recovered)
+        self.writer
+            .write(move |tx| {
+                let stuck: Vec<i64> = query_all(
+                    tx,
+                    "SELECT id FROM jobs WHERE status = ?1 AND created_at < ?2",
+                    params![JobStatus::Submitting.as_str(), created_before],
+                    |row| Ok(row.get(0)?),
+                )?;
+                let mut recovered = Vec::with_capacity(stuck.len());
+                for pk in stuck {
+                    let outcome = SubmitOutcome::Unknown {
+                        reason: "jobhook stopped while the Generate call was in flight".into(),
+                    };
+                    recovered.push(finish_one(tx, pk, outcome, None, &*render, now)?);
+                }
+                Ok(recovered)
+            })
+            .await
     }
 
     async fn prune_idempotency_keys(&self, before: i64) -> Result<u64, StoreError> {
-        let result = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-            .bind(before)
-            .execute(&self.writer)
-            .await?;
-        Ok(result.rows_affected())
+        self.writer
+            .write(move |tx| {
+                execute(
+                    tx,
+                    "DELETE FROM idempotency_keys WHERE created_at < ?1",
+                    [before],
+                )
+            })
+            .await
     }
 
     async fn claim_due(
@@ -580,44 +585,42 @@ impl Store for SqliteStore {
         limit: u32,
         scheduled_first: bool,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let mut claimed = Vec::new();
-        // Webhook "look now" first, then the regular schedule; each oldest first.
-        let order = if scheduled_first { [0, 1] } else { [1, 0] };
-        for priority in order {
-            let left = i64::from(limit) - claimed.len() as i64;
-            if left <= 0 {
-                break;
-            }
-            let rows = sqlx::query(
-                "UPDATE jobs SET next_poll_at = $1, leased = 1 WHERE id IN (SELECT id FROM jobs \
-                 WHERE poll_priority = $2 AND next_poll_at <= $3 AND job_id IS NOT NULL \
-                 ORDER BY next_poll_at LIMIT $4) \
-                 RETURNING id, job_id, poll_priority, created_at, poll_count",
-            )
-            .bind(lease_until)
-            .bind(priority)
-            .bind(now)
-            .bind(left)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in rows {
-                let priority: i64 = row.try_get("poll_priority")?;
-                claimed.push(Claimed {
-                    pk: row.try_get("id")?,
-                    job_id: row.try_get("job_id")?,
-                    cause: if priority > 0 {
-                        Cause::Webhook
-                    } else {
-                        Cause::Poll
-                    },
-                    created_at: row.try_get("created_at")?,
-                    poll_count: row.try_get("poll_count")?,
-                });
-            }
-        }
-        tx.commit().await?;
-        Ok(claimed)
+        self.writer
+            .write(move |tx| {
+                let mut claimed = Vec::new();
+                // Webhook "look now" first, then the regular schedule; each oldest first.
+                let order = if scheduled_first { [0, 1] } else { [1, 0] };
+                for priority in order {
+                    let left = i64::from(limit) - claimed.len() as i64;
+                    if left <= 0 {
+                        break;
+                    }
+                    claimed.extend(query_all(
+                        tx,
+                        "UPDATE jobs SET next_poll_at = ?1, leased = 1 WHERE id IN \
+                         (SELECT id FROM jobs WHERE poll_priority = ?2 AND next_poll_at <= ?3 \
+                         AND job_id IS NOT NULL ORDER BY next_poll_at LIMIT ?4) \
+                         RETURNING id, job_id, poll_priority, created_at, poll_count",
+                        params![lease_until, priority, now, left],
+                        |row| {
+                            let priority: i64 = row.get("poll_priority")?;
+                            Ok(Claimed {
+                                pk: row.get("id")?,
+                                job_id: row.get("job_id")?,
+                                cause: if priority > 0 {
+                                    Cause::Webhook
+                                } else {
+                                    Cause::Poll
+                                },
+                                created_at: row.get("created_at")?,
+                                poll_count: row.get("poll_count")?,
+                            })
+                        },
+                    )?);
+                }
+                Ok(claimed)
+            })
+            .await
     }
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
@@ -645,111 +648,9 @@ impl Store for SqliteStore {
         poll: PollRecord,
         now: i64,
     ) -> Result<Job, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        // A webhook's "look now" that arrived while a scheduled poll was in flight survives it:
-        // only the poll made for a webhook clears the mark.
-        let looked_for_webhook = poll.cause == Cause::Webhook;
-        let still_wanted: bool = sqlx::query_scalar(
-            "UPDATE jobs SET poll_count = poll_count + 1, last_polled_at = $1, leased = 0, \
-             poll_priority = CASE WHEN $2 THEN 0 ELSE poll_priority END WHERE id = $3 \
-             RETURNING poll_priority = 1",
-        )
-        .bind(now)
-        .bind(looked_for_webhook)
-        .bind(job_pk)
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut detail = json!({"outcome": poll.label, "cause": poll.cause.as_str()});
-        detail["http_status"] = json!(poll.http_status);
-        append_event(&mut tx, job_pk, "polled", detail, now).await?;
-
-        let job = job_by_pk(&mut tx, job_pk).await?;
-        let status_before = job.status;
-        let not_found = match &poll.outcome {
-            PollOutcome::NotFound
-            | PollOutcome::Report {
-                state: ReportedState::NotFound,
-                ..
-            } => true,
-            PollOutcome::Report { .. } | PollOutcome::NoAnswer => false,
-        };
-        if let PollOutcome::Report { state, raw } = &poll.outcome {
-            let plan = plan_report(job.status, state, poll.cause);
-            // `/raw` keeps the last answer that still says something about the job.
-            if matches!(plan, ReportPlan::Move { .. }) || !job.status.is_final() {
-                sqlx::query("UPDATE jobs SET raw_response = $1 WHERE id = $2")
-                    .bind(raw)
-                    .bind(job_pk)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            apply_plan(&mut tx, &job, &plan, poll.cause, now).await?;
-        }
-        if not_found {
-            let streak: i64 = sqlx::query_scalar(
-                "UPDATE jobs SET not_found_streak = not_found_streak + 1 WHERE id = $1 \
-                 RETURNING not_found_streak",
-            )
-            .bind(job_pk)
-            .fetch_one(&mut *tx)
-            .await?;
-            let job = job_by_pk(&mut tx, job_pk).await?;
-            if streak >= NOT_FOUND_AFTER && job.status.can_move_to(JobStatus::NotFound) {
-                apply_plan(
-                    &mut tx,
-                    &job,
-                    &moved_to(JobStatus::NotFound),
-                    poll.cause,
-                    now,
-                )
-                .await?;
-            }
-        } else if matches!(poll.outcome, PollOutcome::Report { .. }) {
-            sqlx::query("UPDATE jobs SET not_found_streak = 0 WHERE id = $1")
-                .bind(job_pk)
-                .execute(&mut *tx)
-                .await?;
-        }
-
-        let job = job_by_pk(&mut tx, job_pk).await?;
-        if poll.deadline_passed && job.status.can_move_to(JobStatus::TimedOut) {
-            apply_plan(
-                &mut tx,
-                &job,
-                &moved_to(JobStatus::TimedOut),
-                Cause::Deadline,
-                now,
-            )
-            .await?;
-        }
-        let job = job_by_pk(&mut tx, job_pk).await?;
-        // Polling stops for final statuses, for the ones only new evidence can move on, once
-        // the deadline has passed whatever the status, and for a job that new evidence brought
-        // back from `timed_out`/`not_found` (its deadline is long gone; webhooks and refreshes
-        // keep it moving).
-        let revived = matches!(status_before, JobStatus::TimedOut | JobStatus::NotFound)
-            && job.status != status_before;
-        // A webhook that asked for a look while this poll ran is new evidence even for a job
-        // this poll just timed out or found missing.
-        let keep_polling = !job.status.is_final()
-            && (still_wanted
-                || (!matches!(job.status, JobStatus::TimedOut | JobStatus::NotFound)
-                    && !poll.deadline_passed
-                    && !revived));
-        let next_poll_at = match (keep_polling, still_wanted) {
-            (false, _) => None,
-            // A "look now" is still pending: due now.
-            (true, true) => Some(now),
-            (true, false) => Some(poll.next_poll_at),
-        };
-        sqlx::query("UPDATE jobs SET next_poll_at = $1 WHERE id = $2")
-            .bind(next_poll_at)
-            .bind(job_pk)
-            .execute(&mut *tx)
-            .await?;
-        let job = job_by_pk(&mut tx, job_pk).await?;
-        tx.commit().await?;
-        Ok(job)
+        self.writer
+            .write(move |tx| record_poll(tx, job_pk, &poll, now))
+            .await
     }
 
     async fn overdue(&self, now: i64) -> Result<(i64, Option<i64>), StoreError> {
@@ -764,24 +665,23 @@ impl Store for SqliteStore {
     }
 
     async fn release_leases(&self, now: i64) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let jobs = sqlx::query(
-            "UPDATE jobs SET leased = 0, \
-             next_poll_at = CASE WHEN next_poll_at IS NULL THEN NULL ELSE $1 END WHERE leased = 1",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let notifications = sqlx::query(
-            "UPDATE notifications SET next_attempt_at = $1, leased = 0 WHERE leased = 1",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(jobs + notifications)
+        self.writer
+            .write(move |tx| {
+                let jobs = execute(
+                    tx,
+                    "UPDATE jobs SET leased = 0, \
+                     next_poll_at = CASE WHEN next_poll_at IS NULL THEN NULL ELSE ?1 END \
+                     WHERE leased = 1",
+                    [now],
+                )?;
+                let notifications = execute(
+                    tx,
+                    "UPDATE notifications SET next_attempt_at = ?1, leased = 0 WHERE leased = 1",
+                    [now],
+                )?;
+                Ok(jobs + notifications)
+            })
+            .await
     }
 
     async fn latest_change_id(&self) -> Result<i64, StoreError> {
@@ -820,37 +720,34 @@ impl Store for SqliteStore {
             routes.iter().any(|r| !r.events.is_empty()),
             Ordering::Relaxed,
         );
-        let mut tx = self.writer.begin().await?;
-        sqlx::query("DELETE FROM notify_routes")
-            .execute(&mut *tx)
-            .await?;
-        for route in routes {
-            // A changed configuration for an endpoint re-enables it after a 410.
-            sqlx::query(
-                "INSERT INTO notify_endpoints (url, fingerprint) VALUES ($1, $2) \
-                 ON CONFLICT (url) DO UPDATE SET fingerprint = $2, \
-                 disabled_at = CASE WHEN notify_endpoints.fingerprint IS $2 \
-                     THEN notify_endpoints.disabled_at END, \
-                 disabled_reason = CASE WHEN notify_endpoints.fingerprint IS $2 \
-                     THEN notify_endpoints.disabled_reason END",
-            )
-            .bind(&route.url)
-            .bind(&route.fingerprint)
-            .execute(&mut *tx)
-            .await?;
-            for event_type in &route.events {
-                sqlx::query(
-                    "INSERT INTO notify_routes (url, event_type) VALUES ($1, $2) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&route.url)
-                .bind(event_type)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        let routes = routes.to_vec();
+        self.writer
+            .write(move |tx| {
+                execute(tx, "DELETE FROM notify_routes", [])?;
+                for route in &routes {
+                    // A changed configuration for an endpoint re-enables it after a 410.
+                    execute(
+                        tx,
+                        "INSERT INTO notify_endpoints (url, fingerprint) VALUES (?1, ?2) \
+                         ON CONFLICT (url) DO UPDATE SET fingerprint = ?2, \
+                         disabled_at = CASE WHEN notify_endpoints.fingerprint IS ?2 \
+                             THEN notify_endpoints.disabled_at END, \
+                         disabled_reason = CASE WHEN notify_endpoints.fingerprint IS ?2 \
+                             THEN notify_endpoints.disabled_reason END",
+                        params![route.url, route.fingerprint],
+                    )?;
+                    for event_type in &route.events {
+                        execute(
+                            tx,
+                            "INSERT INTO notify_routes (url, event_type) VALUES (?1, ?2) \
+                             ON CONFLICT DO NOTHING",
+                            params![route.url, event_type],
+                        )?;
+                    }
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn claim_notifications(
@@ -859,19 +756,22 @@ impl Store for SqliteStore {
         lease_until: i64,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "UPDATE notifications SET next_attempt_at = $1, leased = 1 WHERE id IN (SELECT n.id \
-             FROM notifications n WHERE n.state = 'pending' AND n.next_attempt_at <= $2 \
-             AND NOT EXISTS (SELECT 1 FROM notify_endpoints e WHERE e.url = n.endpoint \
-             AND e.disabled_at IS NOT NULL) ORDER BY n.next_attempt_at LIMIT $3) \
-             RETURNING {NOTIFICATION_COLUMNS}"
-        ))
-        .bind(lease_until)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
-        rows.iter().map(notification_from_row).collect()
+        self.writer
+            .write(move |tx| {
+                query_all(
+                    tx,
+                    &format!(
+                        "UPDATE notifications SET next_attempt_at = ?1, leased = 1 WHERE id IN \
+                         (SELECT n.id FROM notifications n WHERE n.state = 'pending' \
+                         AND n.next_attempt_at <= ?2 AND NOT EXISTS (SELECT 1 FROM \
+                         notify_endpoints e WHERE e.url = n.endpoint AND e.disabled_at IS NOT NULL) \
+                         ORDER BY n.next_attempt_at LIMIT ?3) RETURNING {NOTIFICATION_COLUMNS}"
+                    ),
+                    params![lease_until, now, i64::from(limit)],
+                    notification_from_written,
+                )
+            })
+            .await
     }
 
     async fn next_notification_due(&self) -> Result<Option<i64>, StoreError> {
@@ -891,50 +791,53 @@ impl Store for SqliteStore {
         attempt: Attempt,
         now: i64,
     ) -> Result<Notification, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let (state, next_attempt_at, delivered_at, label) = match &attempt.outcome {
-            AttemptOutcome::Delivered => ("delivered", None, Some(now), "delivered"),
-            AttemptOutcome::RetryAt(at) => ("pending", Some(*at), None, "failed"),
-            AttemptOutcome::Exhausted => ("exhausted", None, None, "exhausted"),
-            AttemptOutcome::Gone => ("pending", Some(now), None, "gone"),
-        };
-        let row = sqlx::query(&format!(
-            "UPDATE notifications SET state = $1, next_attempt_at = $2, delivered_at = $3, leased = 0, \
-             attempts = attempts + 1, round_attempts = round_attempts + 1, last_status = $4, \
-             last_error = $5 WHERE id = $6 RETURNING {NOTIFICATION_COLUMNS}"
-        ))
-        .bind(state)
-        .bind(next_attempt_at)
-        .bind(delivered_at)
-        .bind(attempt.http_status.map(i64::from))
-        .bind(attempt.error.as_deref())
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let notification = notification_from_row(&row)?;
-        if attempt.outcome == AttemptOutcome::Gone {
-            sqlx::query(
-                "INSERT INTO notify_endpoints (url, disabled_at, disabled_reason) \
-                 VALUES ($1, $2, $3) ON CONFLICT (url) DO UPDATE \
-                 SET disabled_at = $2, disabled_reason = $3",
-            )
-            .bind(&notification.endpoint)
-            .bind(now)
-            .bind("answered 410 Gone")
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut detail = json!({
-            "endpoint": notification.endpoint, "attempt": notification.attempts,
-            "outcome": label, "notification_id": id, "type": notification.event_type,
-        });
-        detail["http_status"] = json!(attempt.http_status);
-        if let Some(error) = &attempt.error {
-            detail["error"] = json!(error);
-        }
-        append_event(&mut tx, notification.job_pk, "notification", detail, now).await?;
-        tx.commit().await?;
-        Ok(notification)
+        self.writer
+            .write(move |tx| {
+                let (state, next_attempt_at, delivered_at, label) = match &attempt.outcome {
+                    AttemptOutcome::Delivered => ("delivered", None, Some(now), "delivered"),
+                    AttemptOutcome::RetryAt(at) => ("pending", Some(*at), None, "failed"),
+                    AttemptOutcome::Exhausted => ("exhausted", None, None, "exhausted"),
+                    AttemptOutcome::Gone => ("pending", Some(now), None, "gone"),
+                };
+                let notification = query_one(
+                    tx,
+                    &format!(
+                        "UPDATE notifications SET state = ?1, next_attempt_at = ?2, \
+                         delivered_at = ?3, leased = 0, attempts = attempts + 1, \
+                         round_attempts = round_attempts + 1, last_status = ?4, last_error = ?5 \
+                         WHERE id = ?6 RETURNING {NOTIFICATION_COLUMNS}"
+                    ),
+                    params![
+                        state,
+                        next_attempt_at,
+                        delivered_at,
+                        attempt.http_status.map(i64::from),
+                        attempt.error.as_deref(),
+                        id
+                    ],
+                    notification_from_written,
+                )?;
+                if attempt.outcome == AttemptOutcome::Gone {
+                    execute(
+                        tx,
+                        "INSERT INTO notify_endpoints (url, disabled_at, disabled_reason) \
+                         VALUES (?1, ?2, ?3) ON CONFLICT (url) DO UPDATE \
+                         SET disabled_at = ?2, disabled_reason = ?3",
+                        params![notification.endpoint, now, "answered 410 Gone"],
+                    )?;
+                }
+                let mut detail = json!({
+                    "endpoint": notification.endpoint, "attempt": notification.attempts,
+                    "outcome": label, "notification_id": id, "type": notification.event_type,
+                });
+                detail["http_status"] = json!(attempt.http_status);
+                if let Some(error) = &attempt.error {
+                    detail["error"] = json!(error);
+                }
+                append_event(tx, notification.job_pk, "notification", detail, now)?;
+                Ok(notification)
+            })
+            .await
     }
 
     async fn notification(&self, id: i64) -> Result<Option<Notification>, StoreError> {
@@ -978,16 +881,23 @@ impl Store for SqliteStore {
         id: i64,
         now: i64,
     ) -> Result<Option<Notification>, StoreError> {
-        let row = sqlx::query(&format!(
-            "UPDATE notifications SET state = 'pending', round_attempts = 0, next_attempt_at = $1 \
-             WHERE id = $2 AND state = 'exhausted' RETURNING {NOTIFICATION_COLUMNS}"
-        ))
-        .bind(now)
-        .bind(id)
-        .fetch_optional(&self.writer)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(notification_from_row(&row)?)),
+        let retried = self
+            .writer
+            .write(move |tx| {
+                query_optional(
+                    tx,
+                    &format!(
+                        "UPDATE notifications SET state = 'pending', round_attempts = 0, \
+                         next_attempt_at = ?1 WHERE id = ?2 AND state = 'exhausted' \
+                         RETURNING {NOTIFICATION_COLUMNS}"
+                    ),
+                    params![now, id],
+                    notification_from_written,
+                )
+            })
+            .await?;
+        match retried {
+            Some(notification) => Ok(Some(notification)),
             None => self.notification(id).await,
         }
     }
@@ -1011,14 +921,19 @@ impl Store for SqliteStore {
     }
 
     async fn enable_endpoint(&self, url: &str, _now: i64) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "UPDATE notify_endpoints SET disabled_at = NULL, disabled_reason = NULL \
-             WHERE url = $1 AND disabled_at IS NOT NULL",
-        )
-        .bind(url)
-        .execute(&self.writer)
-        .await?;
-        Ok(result.rows_affected() > 0)
+        let url = url.to_owned();
+        let changed = self
+            .writer
+            .write(move |tx| {
+                execute(
+                    tx,
+                    "UPDATE notify_endpoints SET disabled_at = NULL, disabled_reason = NULL \
+                     WHERE url = ?1 AND disabled_at IS NOT NULL",
+                    [&url],
+                )
+            })
+            .await?;
+        Ok(changed > 0)
     }
 }
 

@@ -1,8 +1,10 @@
-//! Column lists and row decoding.
+//! Column lists and row decoding. Reads go through sqlx's pool and writes through the writer
+//! thread's rusqlite connection; both decode the same columns with the same macro, so the two
+//! cannot drift apart.
 
 use super::corrupt;
 use crate::domain::Job;
-use crate::store::{Delivery, DeliveryOutcome, StoreError};
+use crate::store::{Delivery, DeliveryOutcome, Notification, StoreError};
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
@@ -12,6 +14,10 @@ pub(super) const JOB_COLUMNS: &str =
     resolved_by, poll_count, created_at, updated_at, completed_at, webhook_received_at, \
     last_polled_at, next_poll_at, seq";
 
+pub(super) const NOTIFICATION_COLUMNS: &str = "id, endpoint, event_type, job_pk, message_id, \
+    payload, state, attempts, round_attempts, next_attempt_at, last_status, last_error, \
+    created_at, delivered_at";
+
 pub(super) const DELIVERY_COLUMNS: &str = "d.id, COALESCE(j.job_id, j.submission_id) AS job_ref, \
     d.received_at, d.outcome, d.reason, d.remote_addr, d.headers, \
     COALESCE(d.body, o.body) AS body, d.duplicate_of, d.body_size";
@@ -19,36 +25,80 @@ pub(super) const DELIVERY_COLUMNS: &str = "d.id, COALESCE(j.job_id, j.submission
 pub(super) const DELIVERY_FROM: &str = "deliveries d LEFT JOIN jobs j ON j.id = d.job_pk \
     LEFT JOIN deliveries o ON o.id = d.duplicate_of";
 
-pub(super) fn json_column<T: serde::de::DeserializeOwned>(
-    row: &SqliteRow,
+/// A JSON value kept as TEXT.
+fn json_value<T: serde::de::DeserializeOwned>(
+    text: Option<String>,
     column: &str,
 ) -> Result<Option<T>, StoreError> {
-    let text: Option<String> = row.try_get(column)?;
     text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(format!("{column}: {e}"))))
         .transpose()
 }
 
+/// `$get` reads a column by name: `try_get` on a sqlx row, `get` on a rusqlite one.
+macro_rules! decode_job {
+    ($row:expr, $get:ident) => {{
+        let row = $row;
+        let status: String = row.$get("status")?;
+        Ok(Job {
+            pk: row.$get("id")?,
+            job_id: row.$get("job_id")?,
+            submission_id: row.$get("submission_id")?,
+            status: status.parse().map_err(corrupt)?,
+            output: json_value(row.$get("output")?, "output")?,
+            error: json_value(row.$get("error")?, "error")?,
+            metadata: json_value(row.$get("metadata")?, "metadata")?,
+            request: json_value(row.$get("request")?, "request")?,
+            resolved_by: row.$get("resolved_by")?,
+            poll_count: row.$get("poll_count")?,
+            created_at: row.$get("created_at")?,
+            updated_at: row.$get("updated_at")?,
+            completed_at: row.$get("completed_at")?,
+            webhook_received_at: row.$get("webhook_received_at")?,
+            last_polled_at: row.$get("last_polled_at")?,
+            next_poll_at: row.$get("next_poll_at")?,
+            seq: row.$get("seq")?,
+        })
+    }};
+}
+
+macro_rules! decode_notification {
+    ($row:expr, $get:ident) => {{
+        let row = $row;
+        Ok(Notification {
+            id: row.$get("id")?,
+            endpoint: row.$get("endpoint")?,
+            event_type: row.$get("event_type")?,
+            job_pk: row.$get("job_pk")?,
+            message_id: row.$get("message_id")?,
+            payload: row.$get("payload")?,
+            state: row.$get("state")?,
+            attempts: row.$get("attempts")?,
+            round_attempts: row.$get("round_attempts")?,
+            next_attempt_at: row.$get("next_attempt_at")?,
+            last_status: row.$get("last_status")?,
+            last_error: row.$get("last_error")?,
+            created_at: row.$get("created_at")?,
+            delivered_at: row.$get("delivered_at")?,
+        })
+    }};
+}
+
 pub(super) fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
-    let status: String = row.try_get("status")?;
-    Ok(Job {
-        pk: row.try_get("id")?,
-        job_id: row.try_get("job_id")?,
-        submission_id: row.try_get("submission_id")?,
-        status: status.parse().map_err(corrupt)?,
-        output: json_column(row, "output")?,
-        error: json_column(row, "error")?,
-        metadata: json_column(row, "metadata")?,
-        request: json_column(row, "request")?,
-        resolved_by: row.try_get("resolved_by")?,
-        poll_count: row.try_get("poll_count")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        completed_at: row.try_get("completed_at")?,
-        webhook_received_at: row.try_get("webhook_received_at")?,
-        last_polled_at: row.try_get("last_polled_at")?,
-        next_poll_at: row.try_get("next_poll_at")?,
-        seq: row.try_get("seq")?,
-    })
+    decode_job!(row, try_get)
+}
+
+pub(super) fn job_from_written(row: &rusqlite::Row<'_>) -> Result<Job, StoreError> {
+    decode_job!(row, get)
+}
+
+pub(super) fn notification_from_row(row: &SqliteRow) -> Result<Notification, StoreError> {
+    decode_notification!(row, try_get)
+}
+
+pub(super) fn notification_from_written(
+    row: &rusqlite::Row<'_>,
+) -> Result<Notification, StoreError> {
+    decode_notification!(row, get)
 }
 
 pub(super) fn delivery_from_row(row: &SqliteRow) -> Result<Delivery, StoreError> {

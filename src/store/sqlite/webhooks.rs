@@ -1,13 +1,14 @@
 //! Storing one webhook delivery inside a caller's transaction (a group commit batches many).
 
 use super::history::{insert_delivery, record_webhook, resolve_job, WebhookOnJob};
+use super::writer::query_one;
 use super::{corrupt, Tx};
 use crate::store::{DeliveryOutcome, DeliveryTarget, Ingested, NewDelivery, StoreError};
 use sha2::{Digest, Sha256};
 
 /// `notify`: whether any notification endpoint is configured.
-pub(super) async fn ingest_one(
-    tx: &mut Tx<'_>,
+pub(super) fn ingest_one(
+    tx: &Tx,
     delivery: &NewDelivery,
     notify: bool,
 ) -> Result<Ingested, StoreError> {
@@ -15,7 +16,7 @@ pub(super) async fn ingest_one(
     let sha = Sha256::digest(&delivery.body);
     let (job_id, submission_id, report, look_now, first_poll_at) = match &delivery.target {
         DeliveryTarget::Rejected { reason } => {
-            return archive_rejected(tx, delivery, &sha, reason).await;
+            return archive_rejected(tx, delivery, &sha, reason);
         }
         DeliveryTarget::Job {
             job_id,
@@ -31,10 +32,9 @@ pub(super) async fn ingest_one(
             *first_poll_at,
         ),
     };
-    let Some((job, created)) = resolve_job(tx, job_id, submission_id, first_poll_at, now).await?
-    else {
+    let Some((job, created)) = resolve_job(tx, job_id, submission_id, first_poll_at, now)? else {
         let reason = "the submission this URL names is not tracked and the body has no job id";
-        return archive_rejected(tx, delivery, &sha, reason).await;
+        return archive_rejected(tx, delivery, &sha, reason);
     };
     let job_pk = job.pk;
     let accepted = insert_delivery(
@@ -45,19 +45,17 @@ pub(super) async fn ingest_one(
         DeliveryOutcome::Accepted,
         None,
         None,
-    )
-    .await?;
+    )?;
     let (delivery_id, outcome) = match accepted {
         Some(id) => (id, DeliveryOutcome::Accepted),
         None => {
-            let original: i64 = sqlx::query_scalar(
-                "SELECT id FROM deliveries WHERE job_pk = $1 AND body_sha256 = $2 \
+            let original: i64 = query_one(
+                tx,
+                "SELECT id FROM deliveries WHERE job_pk = ?1 AND body_sha256 = ?2 \
                  AND outcome = 'accepted'",
-            )
-            .bind(job_pk)
-            .bind(&sha[..])
-            .fetch_one(&mut **tx)
-            .await?;
+                rusqlite::params![job_pk, &sha[..]],
+                |row| Ok(row.get(0)?),
+            )?;
             let id = insert_delivery(
                 tx,
                 delivery,
@@ -66,8 +64,7 @@ pub(super) async fn ingest_one(
                 DeliveryOutcome::Duplicate,
                 Some("same job and body as an earlier delivery"),
                 Some(original),
-            )
-            .await?
+            )?
             .ok_or_else(|| corrupt("duplicate delivery was not stored"))?;
             (id, DeliveryOutcome::Duplicate)
         }
@@ -83,7 +80,7 @@ pub(super) async fn ingest_one(
         raw_body: &delivery.body,
         notify,
     };
-    let job = record_webhook(tx, webhook, now).await?;
+    let job = record_webhook(tx, webhook, now)?;
     Ok(Ingested {
         delivery_id,
         outcome,
@@ -92,8 +89,8 @@ pub(super) async fn ingest_one(
 }
 
 /// Archives a delivery that is not applied to any job.
-async fn archive_rejected(
-    tx: &mut Tx<'_>,
+fn archive_rejected(
+    tx: &Tx,
     delivery: &NewDelivery,
     sha: &[u8],
     reason: &str,
@@ -106,8 +103,7 @@ async fn archive_rejected(
         DeliveryOutcome::Rejected,
         Some(reason),
         None,
-    )
-    .await?
+    )?
     .ok_or_else(|| corrupt("rejected delivery was not stored"))?;
     Ok(Ingested {
         delivery_id: id,
