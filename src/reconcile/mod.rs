@@ -295,6 +295,7 @@ impl Reconciler {
                 .claim_due(now, lease_until, 1, scheduled_first)
                 .await?;
             if let Some(job) = claimed.into_iter().next() {
+                lock(&poller.limiter).restamp(now, poller.clock.now_ms());
                 let poller = poller.clone();
                 self.in_flight.spawn(async move {
                     if let Err(err) = poller.poll(&job).await {
