@@ -11,9 +11,11 @@
 //! runs on a second thread: SQLite commits with `synchronous=NORMAL` (the WAL is written, not
 //! flushed), the writer goes on with the next transaction, and the syncer flushes the WAL once
 //! for every commit written meanwhile, then answers them all. The writer never waits for the
-//! disk. (Readers may see a commit a few milliseconds before it is flushed; nothing is ever
-//! answered, announced or sent before.) Checkpoints still flush the WAL before copying it into
-//! the database, and the WAL header when SQLite starts reusing the file, as NORMAL does.
+//! disk. The one difference from FULL: readers can see a commit in the millisecond or so before
+//! its flush ends, so only a power cut inside that window could show them something then lost;
+//! no write is answered (and no ingested change announced) before its flush. Checkpoints still
+//! flush the WAL before copying it into the database, and the WAL header when SQLite starts
+//! reusing the file, as NORMAL does.
 
 use super::super::StoreError;
 use rusqlite::{Connection, OpenFlags, Params, Row, Transaction, TransactionBehavior};
