@@ -31,6 +31,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("not committed: {0}")]
     Batch(String),
+    /// Committed, but flushing it to disk failed: whether it would survive a power cut is
+    /// unknown, so it is not acknowledged (a sender that retries is caught as a duplicate).
+    #[error("the write may not be durable: {0}")]
+    NotDurable(String),
 }
 
 /// A webhook delivery, as received, with what the receiver made of it.

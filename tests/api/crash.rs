@@ -476,7 +476,16 @@ async fn twenty_kill_9_rounds_under_mixed_load_lose_nothing_and_charge_once() {
             "delivery {delivery_id} of {job} was lost"
         );
         let job: Value = service.get_json(&format!("/v1/jobs/{job}?wait=30s")).await;
-        assert_eq!(job["status"], "completed", "{job}");
+        if job["status"] != "completed" {
+            // What happened to it, so that a failure here can be told from a slow machine.
+            let events = service
+                .get_json(&format!(
+                    "/v1/jobs/{}/events",
+                    job["job_id"].as_str().unwrap()
+                ))
+                .await;
+            panic!("{job} is not completed; its history: {events}");
+        }
     }
     for submission in &submitted {
         let job: Value = service

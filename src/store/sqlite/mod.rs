@@ -161,6 +161,8 @@ impl Store for SqliteStore {
         Box::pin(async move {
             match stored.await {
                 Ok(results) => Ok(results.into_iter().map(Ok).collect()),
+                // Committed or refused: storing them one by one could not do better.
+                Err(err @ StoreError::NotDurable(_)) => Err(err),
                 Err(err) => {
                     tracing::warn!(error = %err, "a delivery batch failed; storing one by one");
                     let deliveries =

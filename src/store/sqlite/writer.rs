@@ -22,7 +22,8 @@ use rusqlite::{Connection, OpenFlags, Params, Row, Transaction, TransactionBehav
 use std::fs::File;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -31,7 +32,8 @@ const STATEMENT_CACHE: usize = 128;
 
 /// A write transaction: runs on the writer thread and gives back how to answer its caller once
 /// the WAL has been flushed (or the error the flush gave).
-type Work = Box<dyn FnOnce(&mut Connection) -> Answer + Send>;
+/// No connection is given when an earlier flush failed: the write is then refused.
+type Work = Box<dyn FnOnce(Option<&mut Connection>) -> Answer + Send>;
 type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 #[derive(Debug)]
@@ -40,6 +42,8 @@ pub(super) struct Writer {
     queue: Mutex<Option<mpsc::Sender<Work>>>,
     /// Answers when the thread has closed its connection.
     stopped: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Set when a flush failed (see [`sync_and_answer`]).
+    broken: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -51,10 +55,13 @@ impl Writer {
         let (to_sync, unsynced) = mpsc::channel::<Answer>();
         let (done, stopped) = oneshot::channel();
         let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let broken = Arc::new(AtomicBool::new(false));
+        let flush_failed = broken.clone();
         let syncer = std::thread::Builder::new()
             .name("jobhook-wal-sync".into())
-            .spawn(move || sync_and_answer(&wal, &unsynced))
+            .spawn(move || sync_and_answer(&wal, &unsynced, &flush_failed))
             .map_err(|err| StoreError::Batch(format!("cannot start the WAL syncer: {err}")))?;
+        let refuse = broken.clone();
         std::thread::Builder::new()
             .name("jobhook-writer".into())
             .spawn(move || {
@@ -63,8 +70,10 @@ impl Writer {
                     // A panic in one write (a bug) fails that write alone: its caller hears
                     // that the writer stopped mid-write, its transaction is rolled back as the
                     // panic unwinds, and the writer goes on with the next.
-                    let answer =
-                        std::panic::catch_unwind(AssertUnwindSafe(|| work(&mut connection)));
+                    let usable = !refuse.load(Ordering::SeqCst);
+                    let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        work(usable.then_some(&mut connection))
+                    }));
                     if !connection.is_autocommit() {
                         connection = recover(connection, &path);
                     }
@@ -83,6 +92,7 @@ impl Writer {
         Ok(Writer {
             queue: Mutex::new(Some(queue)),
             stopped: Mutex::new(Some(stopped)),
+            broken,
         })
     }
 
@@ -109,16 +119,24 @@ impl Writer {
     {
         let (reply, answer) = oneshot::channel();
         let job: Work = Box::new(move |connection| {
-            let written = in_transaction(connection, work);
+            let written = match connection {
+                Some(connection) => in_transaction(connection, work),
+                None => Err(refused_after_a_failed_flush()),
+            };
             Box::new(move |synced: Result<(), StoreError>| {
                 let _ = reply.send(written.and_then(|value| synced.map(|()| value)));
             })
         });
+        // Refused at once when a flush has failed (the thread refuses anything queued anyway).
+        let broken = self.broken.load(Ordering::SeqCst);
         let sent = match lock(&self.queue).as_ref() {
-            Some(queue) => queue.send(job).is_ok(),
-            None => false,
+            Some(queue) if !broken => queue.send(job).is_ok(),
+            _ => false,
         };
         async move {
+            if broken {
+                return Err(refused_after_a_failed_flush());
+            }
             if !sent {
                 return Err(StoreError::Batch("the database writer is closed".into()));
             }
@@ -140,25 +158,23 @@ impl Writer {
 
 /// The syncer: waits for answers, flushes the WAL once for all that are waiting (every one of
 /// their commits was written before the flush starts), then gives them out.
-fn sync_and_answer(wal: &Path, unsynced: &mpsc::Receiver<Answer>) {
+fn sync_and_answer(wal: &Path, unsynced: &mpsc::Receiver<Answer>, broken: &AtomicBool) {
     let mut file: Option<File> = None;
     while let Ok(first) = unsynced.recv() {
         let mut answers = vec![first];
         answers.extend(unsynced.try_iter());
         let synced = flush(wal, &mut file).map_err(|err| {
-            tracing::error!(error = %err, "cannot flush the WAL; writes are answered as failed");
-            // Whether the pages reached the disk is unknown after a failed flush, so the file
-            // is opened afresh next time rather than trusted.
-            file = None;
-            StoreError::Batch(format!("the write may not be durable: {err}"))
+            // After a failed flush the kernel may have dropped the pages it could not write
+            // and report success next time, so nothing committed since the last good flush can
+            // be trusted: every later write is refused until a restart lets SQLite recover the
+            // database from what the disk really holds (what PostgreSQL does after a failed
+            // fsync).
+            broken.store(true, Ordering::SeqCst);
+            tracing::error!(error = %err, "cannot flush the WAL; refusing every write until jobhook is restarted");
+            err.to_string()
         });
         for answer in answers {
-            answer(
-                synced
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|err| StoreError::Batch(err.to_string())),
-            );
+            answer(synced.clone().map_err(StoreError::NotDurable));
         }
     }
 }
@@ -171,6 +187,10 @@ fn flush(wal: &Path, file: &mut Option<File>) -> std::io::Result<()> {
         None => file.insert(File::open(wal)?),
     };
     handle.sync_data()
+}
+
+fn refused_after_a_failed_flush() -> StoreError {
+    StoreError::NotDurable("a flush of the database failed earlier; restart jobhook".into())
 }
 
 fn in_transaction<T>(
@@ -383,13 +403,34 @@ mod tests {
         }
         drop(to_sync);
         // No WAL file there: the flush cannot happen, so nothing may be answered as durable.
-        sync_and_answer(Path::new("/nonexistent/jobhook-test.db-wal"), &unsynced);
+        let broken = AtomicBool::new(false);
+        sync_and_answer(
+            Path::new("/nonexistent/jobhook-test.db-wal"),
+            &unsynced,
+            &broken,
+        );
         drop(answers);
         let results: Vec<_> = answered.iter().collect();
         assert_eq!(results.len(), 3);
         assert!(results
             .iter()
-            .all(|r| matches!(r, Err(StoreError::Batch(m)) if m.contains("may not be durable"))));
+            .all(|r| matches!(r, Err(StoreError::NotDurable(_)))));
+        assert!(
+            broken.load(Ordering::SeqCst),
+            "later writes must be refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_flush_every_write_is_refused_and_none_runs() {
+        let (_dir, writer) = writer_with_table().await;
+        writer.broken.store(true, Ordering::SeqCst);
+        let refused = writer
+            .write(|tx| execute(tx, "INSERT INTO t (v) VALUES (6)", []))
+            .await;
+        assert!(matches!(refused, Err(StoreError::NotDurable(_))));
+        writer.broken.store(false, Ordering::SeqCst);
+        assert_eq!(values(&writer).await, Vec::<i64>::new());
     }
 
     #[tokio::test]
