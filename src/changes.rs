@@ -5,10 +5,11 @@
 //! rendered job JSON drops the job before anyone is told.
 
 use crate::domain::{Job, JobStatus};
+use crate::sync::lock;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 /// Changes buffered per subscriber before it is told it lagged.
@@ -46,12 +47,6 @@ struct RenderedJobs {
 struct Entries {
     by_id: HashMap<String, (i64, Bytes)>,
     ids_of: HashMap<i64, Vec<String>>,
-}
-
-fn lock(entries: &Mutex<Entries>) -> MutexGuard<'_, Entries> {
-    entries
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Changes {

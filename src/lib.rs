@@ -21,5 +21,6 @@ pub mod retention;
 pub mod signature;
 pub mod state;
 pub mod store;
+mod sync;
 pub mod telemetry;
 pub mod webhook_key;

@@ -16,10 +16,11 @@ use crate::domain::{Cause, Job};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::pictory::{GetJob, PictoryClient};
 use crate::store::{Claimed, PollOutcome, PollRecord, Store, StoreError};
+use crate::sync::lock;
 use limiter::RateLimiter;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -63,13 +64,6 @@ pub enum RefreshError {
     RateLimited,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind; keep going with it.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Poller {

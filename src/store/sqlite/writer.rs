@@ -18,6 +18,7 @@
 //! reusing the file, as NORMAL does.
 
 use super::super::StoreError;
+use crate::sync::lock;
 use rusqlite::{Connection, OpenFlags, Params, Row, Transaction, TransactionBehavior};
 use std::fs::File;
 use std::panic::AssertUnwindSafe;
@@ -251,12 +252,6 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // waiting on that commit. `Store::maintain` checkpoints from a connection of its own.
     connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(connection)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The first row `sql` gives, decoded; an error when there is none.
