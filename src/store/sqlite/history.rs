@@ -2,7 +2,7 @@
 //! deliveries to jobs, finishing submissions. Each runs on the writer thread, inside the
 //! caller's transaction.
 
-use super::outbox::{enqueue_notifications, record_change};
+use super::outbox::enqueue_notifications;
 use super::rows::{job_from_written, JOB_COLUMNS};
 use super::writer::{execute, query_one, query_optional};
 use super::{corrupt, Tx};
@@ -190,10 +190,25 @@ pub(super) fn apply_plan_noting(
     let Some(from) = moved.apply(plan, now) else {
         return Ok(());
     };
+    let to = moved.status;
+    let mut detail = json!({"from": from.as_str(), "to": to.as_str(), "cause": cause.as_str()});
+    if let Some(reason) = reason {
+        detail["reason"] = json!(reason);
+    }
+    // The change keeps the job as it is right after it (the event stream serves that), and
+    // the job is written once, with the change as its newest entry.
+    moved.updated_at = now;
+    let snapshot = serde_json::to_string(&moved.view()).map_err(corrupt)?;
+    let change_id = append_entries(
+        tx,
+        job.pk,
+        &[("status_changed", detail, Some(snapshot))],
+        now,
+    )?;
     execute(
         tx,
         "UPDATE jobs SET status = ?1, output = ?2, error = ?3, resolved_by = ?4, \
-         completed_at = ?5, next_poll_at = ?6 WHERE id = ?7",
+         completed_at = ?5, next_poll_at = ?6, seq = ?7, updated_at = ?8 WHERE id = ?9",
         params![
             moved.status.as_str(),
             json_text(&moved.output)?,
@@ -201,18 +216,12 @@ pub(super) fn apply_plan_noting(
             moved.resolved_by.as_deref(),
             moved.completed_at,
             moved.next_poll_at,
+            change_id,
+            now,
             job.pk
         ],
     )?;
-    let to = moved.status;
-    let mut detail = json!({"from": from.as_str(), "to": to.as_str(), "cause": cause.as_str()});
-    if let Some(reason) = reason {
-        detail["reason"] = json!(reason);
-    }
-    let change_id = append_event(tx, job.pk, "status_changed", detail, now)?;
-    moved.updated_at = now;
-    record_change(tx, change_id, &moved, now)?;
-    Ok(())
+    enqueue_notifications(tx, change_id, &moved, now)
 }
 
 /// Records how a submission's Generate call ended, and the response its key replays.

@@ -1,7 +1,7 @@
 //! The change stream and the notification outbox.
 
 use super::writer::execute;
-use super::{corrupt, Tx};
+use super::Tx;
 use crate::domain::time::rfc3339;
 use crate::domain::{Job, JobStatus};
 use crate::store::StoreError;
@@ -16,24 +16,6 @@ fn specific_event(to: JobStatus) -> Option<&'static str> {
         JobStatus::TimedOut => Some("job.timed_out"),
         _ => None,
     }
-}
-
-/// Keeps the job as it is right after a status change with the change, and puts one
-/// notification per interested endpoint in the outbox, all in the change's transaction.
-pub(super) fn record_change(
-    tx: &Tx,
-    change_id: i64,
-    job: &Job,
-    now: i64,
-) -> Result<(), StoreError> {
-    let view = job.view();
-    let snapshot = serde_json::to_string(&view).map_err(corrupt)?;
-    execute(
-        tx,
-        "UPDATE job_events SET snapshot = ?1 WHERE id = ?2",
-        params![snapshot, change_id],
-    )?;
-    enqueue_notifications(tx, change_id, job, now)
 }
 
 /// One notification per endpoint that wants this change, in the outbox.
