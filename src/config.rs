@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 mod lenient;
+pub(crate) use lenient::parse_duration;
 
 /// The whole configuration (SPEC §2).
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -419,10 +420,7 @@ fn describe_figment_error(err: figment::Error) -> String {
 }
 
 fn check_http_url(key: &str, value: &str) -> Result<(), ConfigError> {
-    let ok = reqwest::Url::parse(value)
-        .map(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
-        .unwrap_or(false);
-    if ok {
+    if crate::pictory::rules::is_web_url(value) {
         Ok(())
     } else {
         Err(invalid(

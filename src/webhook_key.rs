@@ -30,6 +30,9 @@ pub enum KeyScope {
 pub struct WebhookKeys {
     /// The current secret first, then the previous ones.
     secrets: Vec<SecretString>,
+    /// The generic key's MAC under each secret, in the same order: every webhook without a
+    /// submission checks against these, so they are worked out once.
+    generic: Vec<[u8; MAC_LEN]>,
 }
 
 impl std::fmt::Debug for WebhookKeys {
@@ -44,11 +47,12 @@ impl WebhookKeys {
     pub fn new(current: SecretString, previous: &[SecretString]) -> Self {
         let mut secrets = vec![current];
         secrets.extend(previous.iter().cloned());
-        WebhookKeys { secrets }
+        let generic = secrets.iter().map(|s| mac(s, GENERIC_LABEL)).collect();
+        WebhookKeys { secrets, generic }
     }
 
     pub fn generic_key(&self) -> String {
-        URL_SAFE_NO_PAD.encode(mac(&self.secrets[0], GENERIC_LABEL))
+        URL_SAFE_NO_PAD.encode(self.generic[0])
     }
 
     pub fn submission_key(&self, submission_id: Uuid) -> String {
@@ -62,12 +66,17 @@ impl WebhookKeys {
 
     /// Checks a key in constant time against every accepted secret.
     pub fn check(&self, key: &str) -> Option<KeyScope> {
-        let (scope, label, token) = match key.split_once('.') {
-            None => (KeyScope::Generic, GENERIC_LABEL.to_vec(), key),
+        let (scope, expected, token) = match key.split_once('.') {
+            None => (KeyScope::Generic, self.generic.clone(), key),
             Some((id, token)) => {
                 let id = Uuid::try_parse(id).ok()?;
-                let label = format!("{SUBMISSION_LABEL}{id}").into_bytes();
-                (KeyScope::Submission(id), label, token)
+                let label = format!("{SUBMISSION_LABEL}{id}");
+                let macs = self
+                    .secrets
+                    .iter()
+                    .map(|s| mac(s, label.as_bytes()))
+                    .collect();
+                (KeyScope::Submission(id), macs, token)
             }
         };
         let given = URL_SAFE_NO_PAD.decode(token).ok()?;
@@ -75,8 +84,8 @@ impl WebhookKeys {
             return None;
         }
         let mut matched = subtle::Choice::from(0);
-        for secret in &self.secrets {
-            matched |= mac(secret, &label).ct_eq(&given[..]);
+        for mac in &expected {
+            matched |= mac.ct_eq(&given[..]);
         }
         bool::from(matched).then_some(scope)
     }

@@ -72,7 +72,8 @@ impl<'de> serde::Deserialize<'de> for Text {
     }
 }
 
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+/// A bare number of seconds, or a humantime duration like `90s`, `2m` or `1h`.
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(std::time::Duration::from_secs(secs));

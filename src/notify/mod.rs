@@ -18,7 +18,7 @@ use secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -149,6 +149,12 @@ impl Notifier {
                     if let Err(RecvError::Closed) = change {
                         break;
                     }
+                    // One look at the outbox serves every change already waiting, so a storm
+                    // of webhooks costs one round, not one per change.
+                    while !matches!(
+                        changes.try_recv(),
+                        Err(TryRecvError::Empty | TryRecvError::Closed)
+                    ) {}
                 }
                 _ = self.wake.notified() => {}
                 Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {}

@@ -132,10 +132,6 @@ impl PictoryClient {
         })
     }
 
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }

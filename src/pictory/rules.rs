@@ -60,7 +60,8 @@ fn violation(field: &str, message: impl Into<String>) -> Violation {
     }
 }
 
-fn is_web_url(text: &str) -> bool {
+/// An absolute http(s) URL with a host.
+pub(crate) fn is_web_url(text: &str) -> bool {
     reqwest::Url::parse(text)
         .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
         .unwrap_or(false)

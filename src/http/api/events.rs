@@ -78,18 +78,7 @@ pub async fn events(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let mut statuses = Vec::new();
-    for name in query
-        .status
-        .iter()
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        statuses.push(name.parse::<JobStatus>().map_err(|_| {
-            ApiError::bad_request("invalid_query", format!("status: unknown status `{name}`"))
-        })?);
-    }
+    let statuses = super::jobs::parse_statuses(query.status.as_deref())?;
     let last_event_id = match headers.get("last-event-id") {
         None => None,
         Some(value) => Some(

@@ -166,15 +166,25 @@ pub struct GetJobQuery {
 /// Longest a long-poll may hold a request.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// A comma-separated list of statuses (`status=completed,failed`).
+pub(super) fn parse_statuses(list: Option<&str>) -> Result<Vec<JobStatus>, ApiError> {
+    list.into_iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            name.parse::<JobStatus>().map_err(|_| {
+                ApiError::bad_request("invalid_query", format!("status: unknown status `{name}`"))
+            })
+        })
+        .collect()
+}
+
 fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
     let Some(text) = wait.map(str::trim).filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
-    let parsed = match text.parse::<u64>() {
-        Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => humantime::parse_duration(text),
-    };
-    match parsed {
+    match crate::config::parse_duration(text) {
         Ok(wait) if wait <= MAX_WAIT => Ok(Some(wait)),
         Ok(_) => Err(ApiError::bad_request("invalid_query", "wait: at most 60s")),
         Err(_) => Err(ApiError::bad_request(
@@ -288,15 +298,10 @@ pub async fn list_jobs(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListJobsQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    let mut filter = JobFilter::default();
-    if let Some(statuses) = &query.status {
-        for name in statuses.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let status = name.parse::<JobStatus>().map_err(|_| {
-                ApiError::bad_request("invalid_query", format!("status: unknown status `{name}`"))
-            })?;
-            filter.statuses.push(status);
-        }
-    }
+    let mut filter = JobFilter {
+        statuses: parse_statuses(query.status.as_deref())?,
+        ..JobFilter::default()
+    };
     filter.updated_after = parse_time("updated_after", query.updated_after.as_deref())?;
     filter.updated_before = parse_time("updated_before", query.updated_before.as_deref())?;
     let limit = page_limit(query.limit)?;
