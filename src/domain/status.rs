@@ -134,7 +134,19 @@ mod tests {
 
     #[test]
     fn final_statuses_have_no_way_out() {
-        for from in JobStatus::ALL.into_iter().filter(|s| s.is_final()) {
+        let finals: Vec<JobStatus> = JobStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_final())
+            .collect();
+        assert_eq!(
+            finals,
+            [
+                JobStatus::SubmitFailed,
+                JobStatus::Completed,
+                JobStatus::Failed
+            ]
+        );
+        for from in finals {
             for to in JobStatus::ALL {
                 assert!(!from.can_move_to(to), "{from} -> {to} must be refused");
             }

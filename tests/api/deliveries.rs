@@ -91,8 +91,7 @@ async fn replaying_a_delivery_applies_it_again_and_records_it() {
 }
 
 #[tokio::test]
-async fn replaying_a_delivery_whose_job_was_lost_recreates_the_job() {
-    // A delivery matched earlier can be replayed onto a job that moved on since.
+async fn replaying_an_old_delivery_onto_a_job_that_moved_on_cannot_move_it_back() {
     let app = spawn_app().await;
     let ack: Value = app
         .webhook(in_progress_body("rp2").to_string())

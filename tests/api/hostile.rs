@@ -102,6 +102,47 @@ proptest! {
         prop_assert!(signature::verify(&[key], &headers, &body, 1_700_000_000).is_err());
     }
 
+    /// With a well-formed id and a timestamp inside the window, only the signature decides:
+    /// random ones, and real ones made with another key, never verify; the right one does.
+    #[test]
+    fn only_a_signature_made_with_the_key_verifies(
+        id in "[a-zA-Z0-9_-]{1,40}",
+        skew in -299i64..=299,
+        signature_value in "v1,[A-Za-z0-9+/=]{0,60}|\\PC{1,80}",
+        other_key in proptest::collection::vec(any::<u8>(), 1..64),
+        body in proptest::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let key = b"0123456789abcdef0123456789abcdef".to_vec();
+        prop_assume!(other_key != key);
+        let now = 1_700_000_000;
+        let timestamp = now + skew;
+        let headers = |signature_value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("webhook-id", HeaderValue::from_str(&id).unwrap());
+            headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+            if let Ok(value) = HeaderValue::from_str(signature_value) {
+                headers.insert("webhook-signature", value);
+            }
+            headers
+        };
+        let keys = [key.clone()];
+        let random = signature::verify(&keys, &headers(&signature_value), &body, now);
+        prop_assert!(
+            matches!(
+                random,
+                Err(signature::SignatureError::NoMatch | signature::SignatureError::MissingHeader(_))
+            ),
+            "{random:?}"
+        );
+        let forged = signature::sign(&other_key, &id, timestamp, &body);
+        prop_assert!(matches!(
+            signature::verify(&keys, &headers(&forged), &body, now),
+            Err(signature::SignatureError::NoMatch)
+        ));
+        let real = signature::sign(&key, &id, timestamp, &body);
+        prop_assert!(signature::verify(&keys, &headers(&real), &body, now).is_ok());
+    }
+
     /// The config loader refuses malformed files with a message, never a crash.
     #[test]
     fn the_config_loader_takes_any_text(text in "\\PC{0,300}") {

@@ -127,6 +127,7 @@ fn endpoint(url: &str, events: &[&str]) -> NotifyEndpoint {
 async fn a_final_status_is_sent_signed_to_the_endpoints_that_want_it() {
     let (receiver, url) = Receiver::start(&[]).await;
     let (other, other_url) = Receiver::start(&[]).await;
+    let url_of_completed = url.clone();
     let app = spawn_app_with(move |config| {
         config.notify.endpoints = vec![
             endpoint(&url, &["job.completed"]),
@@ -153,6 +154,12 @@ async fn a_final_status_is_sent_signed_to_the_endpoints_that_want_it() {
 
     let notifications = app.get_json("/v1/notifications?state=delivered").await;
     assert_eq!(notifications["data"].as_array().unwrap().len(), 1);
+    // Notifications are queued with the change itself, so one for the failed-only endpoint
+    // would be listed by now even if it had not been sent yet.
+    let queued = app.get_json("/v1/notifications").await;
+    let queued = queued["data"].as_array().unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0]["endpoint"], url_of_completed);
     let history = app.events("n1").await;
     let attempt = history
         .iter()

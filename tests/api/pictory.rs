@@ -62,6 +62,10 @@ async fn duplicate_webhooks_cause_one_get_job_call() {
         app.webhook(body).await.json::<Value>().await.unwrap()["status"],
         "duplicate"
     );
+    // The reconciler makes its calls later, so what rules a second call out is that the
+    // duplicate scheduled none: that is committed before it is answered.
+    assert_eq!(app.state.store.next_due().await.unwrap(), None);
+    assert!(app.job("dup").await["next_poll_at"].is_null());
     assert_eq!(app.mock().job("dup").unwrap().get_calls, 1);
 }
 
@@ -75,6 +79,11 @@ async fn a_stale_in_progress_after_completion_changes_nothing() {
     app.webhook(in_progress_body("ro").to_string()).await;
     let job = app.job("ro").await;
     assert_eq!(job["status"], "completed");
+    assert!(
+        job["next_poll_at"].is_null(),
+        "no look was scheduled: {job}"
+    );
+    assert_eq!(app.state.store.next_due().await.unwrap(), None);
     assert_eq!(
         app.mock().job("ro").unwrap().get_calls,
         1,

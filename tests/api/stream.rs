@@ -129,8 +129,15 @@ async fn long_poll_answers_as_soon_as_the_job_is_final() {
 async fn long_poll_times_out_with_the_job_as_it_is() {
     let app = spawn_app().await;
     app.register("lp-timeout").await;
+    let asked = std::time::Instant::now();
     let job = app.get_json("/v1/jobs/lp-timeout?wait=1s").await;
+    let waited = asked.elapsed();
     assert_eq!(job["status"], "pending");
+    // It really waited for the job to change (a wait that is ignored answers at once).
+    assert!(
+        waited >= Duration::from_millis(950),
+        "answered after {waited:?}"
+    );
     let done = app.webhook(completed_body("lp-final").to_string()).await;
     assert_eq!(done.status(), 200);
     let immediate = tokio::time::timeout(
