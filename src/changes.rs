@@ -1,10 +1,12 @@
 //! In-process fan-out of job changes, and the cache of rendered jobs they invalidate.
 //!
 //! Every write that touches a job publishes it here after the commit; a long-poll re-reads its
-//! job only when that job changed (or when it fell behind and cannot know), and the cache of
-//! rendered job JSON drops the job before anyone is told.
+//! job only when that job changed (or when it fell behind and cannot know), the cache of
+//! rendered job JSON drops the job before anyone is told, and the reconciler is woken when the
+//! job's next poll comes sooner than it planned to look.
 
 use crate::domain::{Job, JobStatus};
+use crate::reconcile::wake::PollWake;
 use crate::sync::lock;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ pub struct JobChange {
 pub struct Changes {
     sender: broadcast::Sender<JobChange>,
     cache: Arc<RenderedJobs>,
+    poll_wake: Arc<PollWake>,
 }
 
 impl Default for Changes {
@@ -54,7 +57,13 @@ impl Changes {
         Changes {
             sender: broadcast::channel(CAPACITY).0,
             cache: Arc::default(),
+            poll_wake: Arc::default(),
         }
+    }
+
+    /// What the reconciler sleeps on (see [`PollWake`]).
+    pub fn poll_wake(&self) -> Arc<PollWake> {
+        self.poll_wake.clone()
     }
 
     pub fn publish(&self, job: &Job) {
@@ -66,6 +75,9 @@ impl Changes {
                     entries.by_id.remove(&id);
                 }
             }
+        }
+        if let Some(at) = job.next_poll_at {
+            self.poll_wake.due_at(at);
         }
         // No subscriber is fine: nobody is waiting.
         let _ = self.sender.send(JobChange {

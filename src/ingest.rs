@@ -6,15 +6,15 @@
 //! on purpose: a batch is simply what queued up while the previous ones were written, so a lone
 //! delivery is committed at once and a storm shares its commits and flushes. Up to
 //! [`MAX_IN_FLIGHT`] batches are under way at once, so the database writes one while the disk
-//! flushes another. After each commit the writer counts, announces and
-//! wakes what the batch concerns (see [`Announce`]).
+//! flushes another. After each commit the writer counts and announces what the batch concerns
+//! (see [`Announce`]); the announcement also wakes the reconciler for a "look now".
 
 use crate::changes::Changes;
 use crate::metrics::Metrics;
 use crate::store::{DeliveryOutcome, Ingested, NewDelivery, Store, StoreError};
 use futures::stream::{FuturesOrdered, StreamExt};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 /// Most deliveries in one transaction (bounds the latency a batch adds).
 pub const MAX_BATCH: usize = 256;
@@ -30,8 +30,6 @@ type Reply = oneshot::Sender<Result<Ingested, StoreError>>;
 /// announced and verified even when the request that brought it went away meanwhile.
 pub struct Announce {
     pub changes: Changes,
-    /// The reconciler's wake-up, for deliveries that ask for a Get Job call.
-    pub look_now: Option<Arc<Notify>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -42,9 +40,9 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// Starts the writer task over `store`. It ends when every `Ingestor` clone is dropped.
-    /// After each commit it announces the jobs that changed on `changes`, and nudges
-    /// `look_now` (the reconciler) when a delivery asked for a Get Job call: the writer does
-    /// it, so an acknowledged delivery is announced even if its request went away meanwhile.
+    /// After each commit it announces the jobs that changed on `changes` (which wakes the
+    /// reconciler for a delivery that asked for a Get Job call): the writer does it, so an
+    /// acknowledged delivery is announced even if its request went away meanwhile.
     pub fn start(store: Arc<dyn Store>, announce: Announce) -> Ingestor {
         let (queue, waiting) = mpsc::channel(QUEUE);
         tokio::spawn(write_batches(store, waiting, announce));
@@ -94,10 +92,9 @@ async fn write_batches(
                 }
                 let (deliveries, replies): (Vec<NewDelivery>, Vec<Reply>) =
                     batch.drain(..).unzip();
-                let asks_for_a_look = deliveries.iter().any(NewDelivery::looks_now);
                 // Queued for the database now, in order; flushed while the next batch forms.
                 let stored = store.ingest_batch(deliveries);
-                in_flight.push_back(async move { (stored.await, (replies, asks_for_a_look)) });
+                in_flight.push_back(async move { (stored.await, replies) });
             }
         }
     }
@@ -106,7 +103,7 @@ async fn write_batches(
 /// Counts, announces and answers a batch once it is durable.
 fn answer(
     stored: Result<Vec<Result<Ingested, StoreError>>, StoreError>,
-    (replies, asks_for_a_look): (Vec<Reply>, bool),
+    replies: Vec<Reply>,
     announce: &Announce,
 ) {
     match stored {
@@ -119,9 +116,6 @@ fn answer(
                 if let Some(job) = &ingested.job {
                     announce.changes.publish(job);
                 }
-            }
-            if let (true, Some(wake)) = (asks_for_a_look, &announce.look_now) {
-                wake.notify_one();
             }
             for (reply, result) in replies.into_iter().zip(results) {
                 // The requester may have gone away; its delivery is stored all the same.

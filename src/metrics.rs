@@ -45,6 +45,8 @@ pub struct Metrics {
     pub jobs: Family<StatusLabel, Gauge>,
     pub overdue_jobs: Gauge,
     pub oldest_overdue_seconds: Gauge,
+    pub effective_rate: Gauge,
+    pub throttled: Gauge,
     pub notification_attempts: Family<OutcomeLabel, Counter>,
     pub pruned_bodies: Counter,
     pub request_duration: Family<RequestLabels, Histogram>,
@@ -91,6 +93,18 @@ impl Metrics {
             "How long the most overdue poll has been waiting",
             oldest_overdue_seconds.clone(),
         );
+        let effective_rate = Gauge::default();
+        registry.register(
+            "reconcile_effective_rate",
+            "Get Job calls per second allowed now: reconcile.rate, or less after Pictory's 429s",
+            effective_rate.clone(),
+        );
+        let throttled = Gauge::default();
+        registry.register(
+            "reconcile_throttled",
+            "1 while Pictory's 429s hold polls back or keep the rate below reconcile.rate",
+            throttled.clone(),
+        );
         let notification_attempts = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "notification_attempts",
@@ -121,6 +135,8 @@ impl Metrics {
             jobs,
             overdue_jobs,
             oldest_overdue_seconds,
+            effective_rate,
+            throttled,
             notification_attempts,
             pruned_bodies,
             request_duration,

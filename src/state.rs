@@ -91,7 +91,6 @@ impl AppState {
             store_for_ingest,
             Announce {
                 changes: changes.clone(),
-                look_now: poller.as_ref().map(|p| p.wake.clone()),
                 metrics: metrics.clone(),
             },
         );
@@ -125,11 +124,9 @@ impl AppState {
         self.poller.as_ref().map(|p| p.first_poll_at(now))
     }
 
-    /// Tells the reconciler that a poll became due sooner than it planned.
+    /// Makes the reconciler look at its schedule now (a clock that jumped, in tests).
     pub fn wake_reconciler(&self) {
-        if let Some(poller) = &self.poller {
-            poller.wake.notify_one();
-        }
+        self.changes.poll_wake().wake();
     }
 
     /// Whether `/v1` needs a bearer token at all.

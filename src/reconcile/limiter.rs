@@ -1,32 +1,67 @@
 //! The one rate limit all Get Job calls share: at most `rate` calls in any one-second window,
 //! bursts included, spread evenly (one every `1/rate` s) rather than fired in bursts. Time is
 //! passed in (unix ms), so the limiter is exact under test.
+//!
+//! It adapts when Pictory pushes back (additive increase, multiplicative decrease, as TCP and
+//! most API clients do): a `429` halves the effective rate and holds every call back for its
+//! `Retry-After`, or, without one, for a hold that doubles with each `429` in a row (from one
+//! second up to `max_hold`) until a call gets through. The effective rate then climbs back by
+//! one call per second for each second without a `429`, up to the configured rate, which is
+//! never exceeded.
 
 use std::collections::VecDeque;
 
 /// Window length; a call exactly one window after another is still inside it (closed window).
 const WINDOW_MS: i64 = 1000;
+/// The first hold for a `429` that does not say how long to wait.
+const FIRST_BLIND_HOLD_MS: i64 = 1000;
 
 #[derive(Debug)]
 pub struct RateLimiter {
+    /// The configured ceiling (`reconcile.rate`).
     rate: usize,
-    /// Calls are spread evenly: at least this long between two starts.
-    spacing_ms: i64,
+    /// The rate in force since `calm_since`, before the climb since then.
+    effective: usize,
+    /// Start of the current run of seconds without a `429`.
+    calm_since: i64,
+    /// When the rate was last halved: `429`s from calls already in flight at that moment are
+    /// one signal, not many, so they halve it once.
+    halved_at: i64,
     /// Start times of the most recent calls, oldest first, at most `rate` of them.
     recent: VecDeque<i64>,
-    /// No call before this (a 429's Retry-After holds everyone back).
+    /// No call before this (a 429's hold).
     hold_until: i64,
+    /// The hold for the next `429` without `Retry-After`.
+    blind_hold_ms: i64,
+    max_hold_ms: i64,
 }
 
 impl RateLimiter {
-    pub fn new(rate: u32) -> Self {
+    /// `max_hold_ms` caps the growing hold of repeated `429`s without `Retry-After`.
+    pub fn new(rate: u32, max_hold_ms: i64) -> Self {
         let rate = rate.max(1) as usize;
         RateLimiter {
             rate,
-            spacing_ms: WINDOW_MS / rate as i64,
+            effective: rate,
+            calm_since: i64::MIN,
+            halved_at: i64::MIN,
             recent: VecDeque::with_capacity(rate),
             hold_until: i64::MIN,
+            blind_hold_ms: FIRST_BLIND_HOLD_MS,
+            max_hold_ms: max_hold_ms.max(FIRST_BLIND_HOLD_MS),
         }
+    }
+
+    /// The calls per second allowed at `now`.
+    pub fn effective_rate(&self, now: i64) -> usize {
+        let calm_seconds = now.saturating_sub(self.calm_since).max(0) / WINDOW_MS;
+        let climbed = usize::try_from(calm_seconds).unwrap_or(usize::MAX);
+        self.effective.saturating_add(climbed).min(self.rate)
+    }
+
+    /// Until when a `429` holds every call back (None when no hold is on).
+    pub fn held_until(&self, now: i64) -> Option<i64> {
+        (self.hold_until > now).then_some(self.hold_until)
     }
 
     /// Takes a slot at `now` if one is free.
@@ -41,11 +76,6 @@ impl RateLimiter {
         true
     }
 
-    /// How many calls could start at `now`: at most one, since calls are spread evenly.
-    pub fn available(&self, now: i64) -> usize {
-        usize::from(self.free_at(now) <= now)
-    }
-
     /// The earliest time (≥ now) at which a call may start.
     pub fn free_at(&self, now: i64) -> i64 {
         let window_free = if self.recent.len() < self.rate {
@@ -56,33 +86,37 @@ impl RateLimiter {
                 .front()
                 .map_or(now, |&oldest| (oldest + WINDOW_MS + 1).max(now))
         };
-        let spaced = self
-            .recent
-            .back()
-            .map_or(now, |&last| last + self.spacing_ms);
-        window_free.max(spaced).max(self.hold_until)
+        // Rounded up, so `effective` calls never fit in one closed window by rounding.
+        let effective = self.effective_rate(now).max(1) as i64;
+        let spacing = (WINDOW_MS + effective - 1) / effective;
+        let spaced = self.recent.back().map_or(now, |&last| last + spacing);
+        window_free.max(spaced).max(self.hold_until).max(now)
     }
 
-    /// Moves the slot taken at `taken_at` to `started_at`, when its call really starts. The
-    /// limit holds for the calls as they are sent: work between taking a slot and sending (a
-    /// database write that waits for the disk) would otherwise let two calls land closer than
-    /// the limiter counted.
-    pub fn restamp(&mut self, taken_at: i64, started_at: i64) {
-        if let Some(last) = self.recent.back_mut().filter(|last| **last == taken_at) {
-            *last = started_at.max(taken_at);
+    /// Pictory answered `429` at `now`: halve the rate and hold every call back.
+    pub fn throttled(&mut self, now: i64, retry_after_ms: Option<i64>) {
+        let current = self.effective_rate(now);
+        if now.saturating_sub(self.halved_at) >= WINDOW_MS {
+            self.effective = (current / 2).max(1);
+            self.halved_at = now;
+        } else {
+            self.effective = current;
         }
+        self.calm_since = now;
+        let hold = match retry_after_ms {
+            Some(wait) => wait,
+            None => {
+                let hold = self.blind_hold_ms;
+                self.blind_hold_ms = (hold * 2).min(self.max_hold_ms);
+                hold
+            }
+        };
+        self.hold_until = self.hold_until.max(now.saturating_add(hold));
     }
 
-    /// Returns a slot taken at `at` that was not used.
-    pub fn give_back(&mut self, at: i64) {
-        if self.recent.back() == Some(&at) {
-            self.recent.pop_back();
-        }
-    }
-
-    /// Holds every call back until `until` (a 429's Retry-After).
-    pub fn hold(&mut self, until: i64) {
-        self.hold_until = self.hold_until.max(until);
+    /// A call got through: the next `429` without `Retry-After` starts the holds over.
+    pub fn succeeded(&mut self) {
+        self.blind_hold_ms = FIRST_BLIND_HOLD_MS;
     }
 }
 
@@ -107,7 +141,7 @@ mod tests {
 
     #[test]
     fn a_thousand_calls_never_exceed_the_rate_in_any_window() {
-        let mut limiter = RateLimiter::new(5);
+        let mut limiter = RateLimiter::new(5, 3_000);
         let mut now = 0;
         let mut calls = Vec::new();
         while calls.len() < 1000 {
@@ -128,29 +162,100 @@ mod tests {
     }
 
     #[test]
-    fn calls_that_start_late_are_counted_when_they_start() {
-        let mut limiter = RateLimiter::new(5);
-        let mut sent = Vec::new();
-        let mut now = 0;
-        for delay in [0, 90, 0, 0, 0, 0, 0, 0, 0, 0, 0] {
-            now = limiter.free_at(now);
-            assert!(limiter.try_acquire(now));
-            // The call goes out `delay` ms after its slot (a claim that waited for the disk).
-            limiter.restamp(now, now + delay);
-            sent.push(now + delay);
-        }
-        assert_eq!(busiest_window(&sent), 5, "sent at {sent:?}");
-        assert!(sent.windows(2).all(|w| w[1] - w[0] >= 200), "{sent:?}");
+    fn a_429_with_retry_after_holds_everyone_and_halves_the_rate() {
+        let mut limiter = RateLimiter::new(20, 3_000);
+        assert_eq!(limiter.effective_rate(0), 20);
+        limiter.throttled(0, Some(10_000));
+        assert_eq!(limiter.held_until(9_999), Some(10_000));
+        assert!(!limiter.try_acquire(9_999));
+        assert_eq!(limiter.free_at(0), 10_000);
+        // Ten calm seconds passed during the hold: 10 + 10 = 20 again, never above.
+        assert_eq!(limiter.effective_rate(10_000), 20);
+        assert!(limiter.try_acquire(10_000));
+        assert_eq!(limiter.held_until(10_000), None);
     }
 
     #[test]
-    fn hold_blocks_everyone_until_it_ends() {
-        let mut limiter = RateLimiter::new(5);
-        limiter.hold(10_000);
-        assert_eq!(limiter.available(9_999), 0);
-        assert!(!limiter.try_acquire(9_999));
-        assert_eq!(limiter.free_at(0), 10_000);
-        assert!(limiter.try_acquire(10_000));
+    fn the_rate_halves_on_a_429_and_climbs_back_one_call_per_clean_second() {
+        let mut limiter = RateLimiter::new(20, 3_000);
+        limiter.throttled(0, Some(0));
+        assert_eq!(limiter.effective_rate(0), 10);
+        assert_eq!(limiter.effective_rate(999), 10);
+        assert_eq!(limiter.effective_rate(1_000), 11);
+        assert_eq!(limiter.effective_rate(5_500), 15);
+        // Calls in flight when the first 429 came back are one signal: no second halving.
+        limiter.throttled(300, Some(0));
+        assert_eq!(limiter.effective_rate(300), 10);
+        limiter.throttled(5_500, Some(0));
+        assert_eq!(limiter.effective_rate(5_500), 7, "half of 15, rounded down");
+        assert_eq!(
+            limiter.effective_rate(60_000),
+            20,
+            "capped at the configured rate"
+        );
+        // Two 429s a second apart: 20 → 10, climbed to 11 → 5 calls per second.
+        let mut limiter = RateLimiter::new(20, 3_000);
+        limiter.throttled(0, Some(0));
+        limiter.throttled(1_000, Some(0));
+        assert!(limiter.try_acquire(1_000));
+        assert_eq!(
+            limiter.free_at(1_000),
+            1_000 + 200,
+            "5 calls per second: 200 ms apart"
+        );
+        let mut limiter = RateLimiter::new(1, 3_000);
+        limiter.throttled(0, Some(0));
+        assert_eq!(
+            limiter.effective_rate(0),
+            1,
+            "never below one call per second"
+        );
+    }
+
+    #[test]
+    fn a_429_without_retry_after_holds_for_a_doubling_time_until_a_success() {
+        let mut limiter = RateLimiter::new(20, 3_000);
+        let mut holds = Vec::new();
+        let mut now = 0;
+        for _ in 0..4 {
+            limiter.throttled(now, None);
+            let until = limiter.held_until(now).unwrap();
+            holds.push(until - now);
+            now = until;
+        }
+        assert_eq!(
+            holds,
+            [1_000, 2_000, 3_000, 3_000],
+            "doubling, capped at max_interval"
+        );
+        limiter.succeeded();
+        limiter.throttled(now, None);
+        assert_eq!(
+            limiter.held_until(now),
+            Some(now + 1_000),
+            "a success starts over"
+        );
+    }
+
+    #[test]
+    fn calls_under_a_storm_of_429s_never_exceed_the_rate_in_any_window() {
+        let mut limiter = RateLimiter::new(20, 3_000);
+        let mut now = 0;
+        let mut calls = Vec::new();
+        while calls.len() < 2_000 {
+            if limiter.try_acquire(now) {
+                calls.push(now);
+                // Every third call is refused without Retry-After, the rest get through.
+                if calls.len() % 3 == 0 {
+                    limiter.throttled(now + 40, None);
+                } else {
+                    limiter.succeeded();
+                }
+            } else {
+                now = limiter.free_at(now);
+            }
+        }
+        assert!(busiest_window(&calls) <= 20);
     }
 
     proptest! {
@@ -159,13 +264,16 @@ mod tests {
             rate in 1u32..20,
             attempts in proptest::collection::vec(0i64..400, 1..300)
         ) {
-            let mut limiter = RateLimiter::new(rate);
+            let mut limiter = RateLimiter::new(rate, 3_000);
             let mut now = 0;
             let mut calls = Vec::new();
-            for gap in attempts {
+            for (n, gap) in attempts.into_iter().enumerate() {
                 now += gap;
                 if limiter.try_acquire(now) {
                     calls.push(now);
+                    if n % 5 == 0 {
+                        limiter.throttled(now, Some((gap % 3) * 100));
+                    }
                 }
             }
             prop_assert!(busiest_window(&calls) <= rate as usize);

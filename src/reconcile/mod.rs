@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod limiter;
+pub mod wake;
 
 use crate::changes::Changes;
 use crate::config::ReconcileConfig;
@@ -20,16 +21,22 @@ use crate::sync::lock;
 use limiter::RateLimiter;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use wake::PollWake;
 
-/// Longest sleep with nothing due, so jobs scheduled by another replica are picked up.
+/// Longest sleep with nothing due. Every path that schedules a poll wakes the loop itself (see
+/// [`PollWake`]); this is only a floor under a missed wake-up.
 const IDLE_WAKE_MS: i64 = 30_000;
 /// Most Get Job calls in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
+/// A claim takes the jobs due for about this long at the effective rate, in one transaction:
+/// one commit (and one disk flush) per batch rather than per call is what lets the loop keep
+/// up with high rates. Short, so a webhook's "look now" never queues long behind a batch.
+const CLAIM_AHEAD_MS: usize = 250;
 /// Longest a manual refresh waits for a rate-limit slot.
 const REFRESH_WAIT_MS: i64 = 10_000;
 
@@ -52,8 +59,8 @@ pub struct Poller {
     limiter: Mutex<RateLimiter>,
     pause: Mutex<Option<AuthPause>>,
     rng: Mutex<StdRng>,
-    /// Nudged when a poll becomes due sooner than the loop planned (a webhook's "look now").
-    pub wake: Arc<Notify>,
+    /// Wakes the loop when a poll becomes due sooner than it planned.
+    wake: Arc<PollWake>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +84,9 @@ impl Poller {
         config: ReconcileConfig,
     ) -> Poller {
         Poller {
+            wake: changes.poll_wake(),
             changes,
-            limiter: Mutex::new(RateLimiter::new(config.rate)),
+            limiter: Mutex::new(RateLimiter::new(config.rate, millis(config.max_interval))),
             store,
             clock,
             metrics,
@@ -87,7 +95,6 @@ impl Poller {
             config,
             pause: Mutex::new(None),
             rng: Mutex::new(StdRng::from_entropy()),
-            wake: Arc::new(Notify::new()),
         }
     }
 
@@ -107,23 +114,40 @@ impl Poller {
             .map(|p| format!("polling paused: {}", p.detail))
     }
 
-    /// How many polls may start at `now`, and when to look again if none may.
-    fn allowance(&self, now: i64) -> (usize, i64) {
+    /// How Get Job calls are paced at `now`, for `/readyz` and `/metrics`.
+    pub fn pace(&self, now: i64) -> Pace {
         let limiter = lock(&self.limiter);
-        let free_at = limiter.free_at(now);
+        Pace {
+            rate: self.config.rate,
+            effective_rate: u32::try_from(limiter.effective_rate(now)).unwrap_or(u32::MAX),
+            held_until: limiter.held_until(now),
+        }
+    }
+
+    /// The earliest time (≥ `now`) a call may start: the rate limit, a `429`'s hold, or, while
+    /// polling is paused, the next probe (one per interval, with a real due job, to find out
+    /// when to resume).
+    fn next_start(&self, now: i64) -> i64 {
+        let free_at = lock(&self.limiter).free_at(now);
         let mut pause = lock(&self.pause);
         match pause.as_mut() {
-            // Paused: one probe per interval, with a real due job, to find out when to resume.
-            Some(p) if now < p.next_probe_at => (0, p.next_probe_at.max(free_at)),
-            Some(p) => {
-                if free_at > now {
-                    return (0, free_at);
-                }
+            Some(p) if now < p.next_probe_at => p.next_probe_at.max(free_at),
+            Some(p) if free_at <= now => {
                 p.next_probe_at = now + millis(self.config.interval);
-                (1, p.next_probe_at)
+                now
             }
-            None => (limiter.available(now), free_at),
+            _ => free_at,
         }
+    }
+
+    /// How many due jobs one claim takes: about [`CLAIM_AHEAD_MS`] of calls at the effective
+    /// rate, at least one (and only one while paused: the probe).
+    fn claim_size(&self, now: i64, room: usize) -> usize {
+        if lock(&self.pause).is_some() {
+            return 1;
+        }
+        let rate = lock(&self.limiter).effective_rate(now);
+        (rate * CLAIM_AHEAD_MS / 1000).clamp(1, room.max(1))
     }
 
     /// Makes one Get Job call for a claimed job and records what it said.
@@ -180,7 +204,7 @@ impl Poller {
         Ok(job)
     }
 
-    /// Pause on auth failure, resume on success, hold everyone back on 429.
+    /// Pause on auth failure, resume on success, slow everyone down on 429.
     fn observe(&self, answer: &GetJob, now: i64, job_id: &str) {
         match answer {
             GetJob::Unauthorized {
@@ -201,17 +225,21 @@ impl Poller {
                 });
             }
             GetJob::Throttled { retry_after } => {
-                let wait = retry_after.map_or(millis(self.config.interval), millis);
-                lock(&self.limiter).hold(now.saturating_add(wait));
+                let mut limiter = lock(&self.limiter);
+                limiter.throttled(now, retry_after.map(millis));
                 tracing::warn!(
-                    wait_ms = wait,
-                    "Pictory answered 429; holding all polls back"
+                    held_ms = limiter.held_until(now).map_or(0, |until| until - now),
+                    effective_rate = limiter.effective_rate(now),
+                    "Pictory answered 429; slowing all polls down"
                 );
             }
             _ => {}
         }
-        if answer.key_works() && lock(&self.pause).take().is_some() {
-            tracing::info!("Pictory accepted the API key again; polling resumed");
+        if answer.key_works() {
+            lock(&self.limiter).succeeded();
+            if lock(&self.pause).take().is_some() {
+                tracing::info!("Pictory accepted the API key again; polling resumed");
+            }
         }
     }
 
@@ -245,9 +273,29 @@ impl Poller {
     }
 }
 
-/// The loop that starts due polls; owns the in-flight calls.
+/// How Get Job calls are paced right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// `reconcile.rate`, the ceiling.
+    pub rate: u32,
+    /// The rate in force after Pictory's `429`s (equal to `rate` when none came lately).
+    pub effective_rate: u32,
+    /// While a `429` holds every call back: until when.
+    pub held_until: Option<i64>,
+}
+
+impl Pace {
+    /// Slowed down by Pictory: held back, or below the configured rate.
+    pub fn throttled(&self) -> bool {
+        self.held_until.is_some() || self.effective_rate < self.rate
+    }
+}
+
+/// The loop that starts due polls; owns the claimed jobs and the in-flight calls.
 pub struct Reconciler {
     poller: Arc<Poller>,
+    /// Claimed (leased) jobs waiting for a rate-limit slot, oldest due first.
+    ready: VecDeque<Claimed>,
     in_flight: JoinSet<()>,
     /// Claims made, for the share given to the regular schedule.
     claims: u64,
@@ -257,64 +305,96 @@ impl Reconciler {
     pub fn new(poller: Arc<Poller>) -> Self {
         Reconciler {
             poller,
+            ready: VecDeque::new(),
             in_flight: JoinSet::new(),
             claims: 0,
         }
     }
 
-    /// Starts every poll that is due and allowed at `now`; returns when to step again.
+    /// Starts the next poll that is due and allowed at `now`; returns when to step again.
     pub async fn step(&mut self, now: i64) -> Result<i64, StoreError> {
         while self.in_flight.try_join_next().is_some() {}
-        let poller = &self.poller;
-        let (allowed, retry_at) = poller.allowance(now);
+        let poller = self.poller.clone();
+        let start_at = poller.next_start(now);
+        if start_at > now {
+            if start_at - now > 1_000 {
+                // A long hold or a pause: the claimed jobs must not outlive their leases here.
+                self.give_back().await;
+            }
+            return Ok(start_at);
+        }
         let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
         if room == 0 {
             // The run loop wakes as soon as a call finishes.
             return Ok(now + IDLE_WAKE_MS);
         }
-        if allowed > 0 {
-            // Take the slot before claiming, so a manual refresh racing for it cannot push the
-            // calls above the rate; give it back if nothing turns out to be due.
-            if !lock(&poller.limiter).try_acquire(now) {
-                return Ok(lock(&poller.limiter).free_at(now).max(now + 1));
-            }
-            // The lease outlives the call's timeout; after a crash, start-up releases it.
+        if self.ready.is_empty() {
+            // The lease outlives the call's timeout (and the wait for a slot); after a crash,
+            // start-up releases it.
             let lease_until = now + millis(poller.client_timeout) + 60_000;
-            // Every fourth call serves the regular schedule first, so a flood of webhook
+            // Every fourth claim serves the regular schedule first, so a flood of webhook
             // "look now" requests cannot starve jobs whose webhook never came.
             self.claims = self.claims.wrapping_add(1);
             let scheduled_first = self.claims % 4 == 0;
+            let size = poller.claim_size(now, room);
+            let limit = u32::try_from(size).unwrap_or(u32::MAX);
             let claimed = poller
                 .store
-                .claim_due(now, lease_until, 1, scheduled_first)
+                .claim_due(now, lease_until, limit, scheduled_first)
                 .await?;
-            if let Some(job) = claimed.into_iter().next() {
-                lock(&poller.limiter).restamp(now, poller.clock.now_ms());
-                let poller = poller.clone();
-                self.in_flight.spawn(async move {
-                    if let Err(err) = poller.poll(&job).await {
-                        tracing::error!(error = %err, job_id = %job.job_id, "cannot record a poll");
-                    }
-                });
-                // More may be due: come back as soon as the limiter allows.
-                return Ok(lock(&self.poller.limiter).free_at(now).max(now + 1));
-            }
-            lock(&poller.limiter).give_back(now);
+            self.ready.extend(claimed);
         }
-        let next_due = poller.store.next_due().await?.unwrap_or(i64::MAX);
-        let wake = next_due.max(if allowed == 0 { retry_at } else { now });
-        Ok(wake.min(now + IDLE_WAKE_MS).max(now + 1))
+        if self.ready.is_empty() {
+            let next_due = poller.store.next_due().await?.unwrap_or(i64::MAX);
+            return Ok(next_due.min(now + IDLE_WAKE_MS).max(now + 1));
+        }
+        // The claim waited for the disk: the slot is stamped when the call really starts, so
+        // the limit holds for the calls as they are sent.
+        let started = poller.clock.now_ms().max(now);
+        if !lock(&poller.limiter).try_acquire(started) {
+            // A manual refresh took the slot meanwhile.
+            return Ok(lock(&poller.limiter).free_at(started).max(now + 1));
+        }
+        if let Some(job) = self.ready.pop_front() {
+            let poller = poller.clone();
+            self.in_flight.spawn(async move {
+                if let Err(err) = poller.poll(&job).await {
+                    tracing::error!(error = %err, job_id = %job.job_id, "cannot record a poll");
+                }
+            });
+        }
+        // More may be due: come back as soon as the limiter allows.
+        Ok(poller.next_start(started).max(now + 1))
     }
 
-    /// Waits for every call in flight to finish and be recorded.
+    /// Waits for every call in flight to finish and be recorded, and gives back the claimed
+    /// jobs no call was made for, so they are due again at once (for another replica too).
     pub async fn drain(&mut self) {
         while self.in_flight.join_next().await.is_some() {}
+        self.give_back().await;
+    }
+
+    /// Releases the claimed jobs no call was made for: due again at once.
+    async fn give_back(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let pks: Vec<i64> = self.ready.drain(..).map(|job| job.pk).collect();
+        let now = self.poller.clock.now_ms();
+        if let Err(err) = self.poller.store.release_claims(&pks, now).await {
+            // Their leases run out by themselves; only the wait is longer.
+            tracing::warn!(error = %err, jobs = pks.len(), "cannot give back claimed polls");
+        }
     }
 
     /// Runs until `shutdown`, then lets the calls in flight finish.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let clock = self.poller.clock.clone();
+        let wake = self.poller.wake.clone();
         loop {
+            // Anything scheduled from here on wakes the sleep below, even if it lands between
+            // the step's read of the schedule and the sleep.
+            wake.reading();
             let now = clock.now_ms();
             let wake_at = match self.step(now).await {
                 Ok(at) => at,
@@ -323,11 +403,12 @@ impl Reconciler {
                     now + 1_000
                 }
             };
+            wake.plan(wake_at);
             let wait = Duration::from_millis(u64::try_from(wake_at - now).unwrap_or(0));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.poller.wake.notified() => {}
+                _ = wake.woken() => {}
                 Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {}
             }
         }

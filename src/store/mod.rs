@@ -48,13 +48,6 @@ pub struct NewDelivery {
     pub target: DeliveryTarget,
 }
 
-impl NewDelivery {
-    /// Whether storing it asks the reconciler for a Get Job call right away.
-    pub fn looks_now(&self) -> bool {
-        matches!(self.target, DeliveryTarget::Job { look_now: true, .. })
-    }
-}
-
 #[derive(Debug, Clone)]
 pub enum DeliveryTarget {
     /// Archived, not applied to any job.
@@ -218,6 +211,8 @@ pub trait Store: Send + Sync + 'static {
     /// At start-up of the only process using the database: work leased by a process that died
     /// is due again now instead of when its lease would have run out. Returns how many.
     async fn release_leases(&self, now: i64) -> Result<u64, StoreError>;
+    /// Gives back jobs claimed by [`Store::claim_due`] that no call was made for: due at `now`.
+    async fn release_claims(&self, pks: &[i64], now: i64) -> Result<(), StoreError>;
     /// The id of the newest status change (0 when there is none).
     async fn latest_change_id(&self) -> Result<i64, StoreError>;
     /// Status changes after `after`, oldest first.

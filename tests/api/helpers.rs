@@ -487,6 +487,10 @@ impl Store for FaultyStore {
     async fn release_leases(&self, now: i64) -> Result<u64, StoreError> {
         self.inner.release_leases(now).await
     }
+    async fn release_claims(&self, pks: &[i64], now: i64) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.release_claims(pks, now).await
+    }
     async fn latest_change_id(&self) -> Result<i64, StoreError> {
         self.inner.latest_change_id().await
     }

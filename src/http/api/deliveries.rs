@@ -158,9 +158,6 @@ pub async fn replay_delivery(
         first_poll_at: state.first_poll_at(now),
     };
     let replayed = state.store.replay(delivery.id, again, now).await?;
-    if verify {
-        state.wake_reconciler();
-    }
     match replayed {
         None => Err(ApiError::NotFound(format!("delivery {id} does not exist"))),
         Some(Replayed::NotApplicable(why)) => Err(ApiError::Conflict(format!(

@@ -1,5 +1,6 @@
 //! Operational endpoints of the private listener: `/readyz`, `/metrics`, `/openapi.json`.
 
+use crate::domain::time::rfc3339;
 use crate::domain::JobStatus;
 use crate::metrics::StatusLabel;
 use crate::state::AppState;
@@ -16,6 +17,15 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     // Readiness is about taking webhooks: a Pictory problem is reported, not made a 503, so a
     // load balancer keeps sending deliveries while polling is paused.
     let pictory = state.poller.as_ref().and_then(|p| p.problem());
+    let polling = state.poller.as_ref().map(|p| {
+        let pace = p.pace(state.now_ms());
+        json!({
+            "rate": pace.rate,
+            "effective_rate": pace.effective_rate,
+            "throttled": pace.throttled(),
+            "held_until": pace.held_until.map(rfc3339),
+        })
+    });
     if !state.ingestor.is_running() {
         tracing::error!("the ingest writer has stopped; webhooks cannot be stored");
         return (
@@ -25,7 +35,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             .into_response();
     }
     match state.store.ready(state.now_ms()).await {
-        Ok(()) => Json(json!({"status": "ready", "pictory": pictory})).into_response(),
+        Ok(()) => {
+            Json(json!({"status": "ready", "pictory": pictory, "polling": polling})).into_response()
+        }
         Err(err) => {
             tracing::warn!(error = %err, "not ready");
             (
@@ -62,6 +74,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         Err(err) => tracing::warn!(error = %err, "cannot count jobs for metrics"),
     }
     let now = state.now_ms();
+    if let Some(poller) = &state.poller {
+        let pace = poller.pace(now);
+        state
+            .metrics
+            .effective_rate
+            .set(i64::from(pace.effective_rate));
+        state.metrics.throttled.set(i64::from(pace.throttled()));
+    }
     match state.store.overdue(now).await {
         Ok((count, oldest)) => {
             state.metrics.overdue_jobs.set(count);

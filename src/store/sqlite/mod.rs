@@ -686,6 +686,23 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn release_claims(&self, pks: &[i64], now: i64) -> Result<(), StoreError> {
+        let pks = pks.to_vec();
+        self.writer
+            .write(move |tx| {
+                let mut release = tx.prepare_cached(
+                    "UPDATE jobs SET leased = 0, \
+                     next_poll_at = CASE WHEN next_poll_at IS NULL THEN NULL ELSE ?1 END \
+                     WHERE id = ?2 AND leased = 1",
+                )?;
+                for pk in pks {
+                    release.execute(params![now, pk])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     async fn latest_change_id(&self) -> Result<i64, StoreError> {
         let id: Option<i64> =
             sqlx::query_scalar("SELECT MAX(id) FROM job_events WHERE kind = 'status_changed'")
