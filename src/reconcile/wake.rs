@@ -51,6 +51,11 @@ impl PollWake {
         self.planned.store(at, Ordering::SeqCst);
     }
 
+    /// When the loop plans to look next; None while it is reading the schedule.
+    pub fn planned(&self) -> Option<i64> {
+        Some(self.planned.load(Ordering::SeqCst)).filter(|&at| at != i64::MAX)
+    }
+
     /// Resolves when [`PollWake::due_at`] found a poll due before the plan.
     pub async fn woken(&self) {
         self.notify.notified().await;

@@ -14,6 +14,7 @@ mod jobs;
 mod listing;
 mod mock;
 mod notify;
+mod on_time;
 mod ops;
 mod pictory;
 mod reconcile;
