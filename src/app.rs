@@ -41,7 +41,7 @@ impl Listeners {
 
 /// Applies migrations and returns; what `jobhook migrate` does.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let store = store::open(&config.database.url)
+    let store = store::open_with(&config.database.url, &config.database.store_options())
         .await
         .context("cannot open the database (database.url)")?;
     store.migrate().await.context("cannot apply migrations")?;
@@ -56,7 +56,7 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = store::open(&config.database.url)
+    let store = store::open_with(&config.database.url, &config.database.store_options())
         .await
         .context("cannot open the database (database.url)")?;
     Service::start(config, store, clock)

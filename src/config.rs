@@ -54,12 +54,23 @@ impl Default for ServerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: String,
+    /// SQLite: the write-ahead log is checkpointed into the database past this size.
+    pub wal_limit: ByteSize,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: "sqlite://data/jobhook.db".to_owned(),
+            wal_limit: ByteSize::mib(64),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            wal_limit: self.wal_limit.as_u64(),
         }
     }
 }
@@ -313,6 +324,9 @@ impl Config {
         check_http_url("pictory.base_url", &self.pictory.base_url)?;
         if self.server.body_limit.as_u64() == 0 {
             return Err(invalid("server.body_limit", "must be larger than zero"));
+        }
+        if self.database.wal_limit.as_u64() < 64 * 1024 {
+            return Err(invalid("database.wal_limit", "must be at least 64KiB"));
         }
         if !(self.database.url.starts_with("sqlite:")) {
             return Err(invalid(

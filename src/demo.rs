@@ -82,7 +82,7 @@ async fn tour(dir: &std::path::Path) -> anyhow::Result<()> {
     println!(
         "The fake fails ~15% of jobs and drops, duplicates or reorders ~30% of webhooks each.\n"
     );
-    let store = store::open(&config.database.url).await?;
+    let store = store::open_with(&config.database.url, &config.database.store_options()).await?;
     let service = Service::start(config, store, Arc::new(SystemClock)).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(service.run(Listeners { public, api }, async {

@@ -8,9 +8,34 @@ use serde_json::Value;
 mod cursor;
 pub mod sqlite;
 
-/// Opens the store a `database.url` names.
+/// How a store is opened, from `[database]`.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// SQLite: the write-ahead log is checkpointed and truncated past this many bytes.
+    pub wal_limit: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            wal_limit: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Opens the store a `database.url` names, with the default options.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    open_with(url, &StoreOptions::default()).await
+}
+
+/// Opens the store a `database.url` names.
+pub async fn open_with(
+    url: &str,
+    options: &StoreOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(std::sync::Arc::new(
+        sqlite::SqliteStore::open(url, options).await?,
+    ))
 }
 
 pub use cursor::Cursor;

@@ -384,12 +384,19 @@ async fn twenty_kill_9_rounds_under_mixed_load_lose_nothing_and_charge_once() {
     )
     .unwrap();
     let config_path = config.display().to_string();
+    // Small, so twenty short rounds would pass it many times over without checkpoints.
+    const WAL_LIMIT: u64 = 256 * 1024;
+    // One transaction past the limit: a batch of this test's deliveries is far below it.
+    const ONE_BATCH: u64 = 256 * 1024;
     let env = [
         ("JOBHOOK_PICTORY_API_KEY", "pictai_crash_test"),
         ("JOBHOOK_PICTORY_BASE_URL", base_url.as_str()),
         ("JOBHOOK_CONFIG", config_path.as_str()),
+        ("JOBHOOK_DATABASE_WAL_LIMIT", "256KiB"),
     ];
     let db = dir.path().join("rounds.db");
+    let wal = dir.path().join("rounds.db-wal");
+    let mut wal_sizes = Vec::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(20);
     let delivered: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
     let submitted: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -460,7 +467,19 @@ async fn twenty_kill_9_rounds_under_mixed_load_lose_nothing_and_charge_once() {
         for task in load {
             task.await.unwrap();
         }
+        // What the killed process left: checkpointed at the next start, never piling up.
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        assert!(
+            size <= WAL_LIMIT + ONE_BATCH,
+            "round {round}: the write-ahead log is {size} bytes"
+        );
+        wal_sizes.push(size);
     }
+    let written: u64 = wal_sizes.iter().sum();
+    assert!(
+        written > 2 * WAL_LIMIT,
+        "the rounds wrote enough to pass the limit without checkpoints: {wal_sizes:?}"
+    );
 
     // One last start: everything acknowledged must be there and must reach a final status.
     let service = start_with(&db, &env).await;

@@ -7,7 +7,7 @@ use super::{
     Attempt, AttemptOutcome, BatchFuture, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
     EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
     NotifyRoute, Page, PollRecord, Registered, RenderResponse, ReplayInput, Replayed, Store,
-    StoreError, SubmitOutcome,
+    StoreError, StoreOptions, SubmitOutcome,
 };
 use crate::domain::{Cause, Job, JobEvent, JobStatus};
 use async_trait::async_trait;
@@ -51,7 +51,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating when missing) the database at a `sqlite://PATH` URL.
-    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+    pub async fn open(url: &str, store_options: &StoreOptions) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -72,7 +72,17 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await?;
-        let writer = Arc::new(Writer::open(&path)?);
+        // A start after a crash finds whatever the log held then: copy it into the database
+        // now, so crashes in a row cannot grow it without end.
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&upkeep)
+            .await?;
+        if busy != 0 {
+            tracing::warn!(
+                "another process kept the write-ahead log from being checkpointed at start-up"
+            );
+        }
+        let writer = Arc::new(Writer::open(&path, store_options.wal_limit)?);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))

@@ -23,11 +23,13 @@ use rusqlite::{Connection, OpenFlags, Params, Row, Transaction, TransactionBehav
 use std::fs::File;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+/// How long a write waits for a lock another connection holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prepared statements kept per connection (every write statement jobhook has fits).
 const STATEMENT_CACHE: usize = 128;
 
@@ -45,24 +47,31 @@ pub(super) struct Writer {
     stopped: Mutex<Option<oneshot::Receiver<()>>>,
     /// Set when a flush failed (see [`sync_and_answer`]).
     broken: Arc<AtomicBool>,
+    /// Flushes of the WAL made so far (tests check that an answered write was flushed).
+    #[cfg_attr(not(test), allow(dead_code))]
+    flushes: Arc<AtomicU64>,
 }
 
 impl Writer {
-    /// Opens the writer connection and starts its thread.
-    pub(super) fn open(path: &Path) -> Result<Writer, StoreError> {
+    /// Opens the writer connection and starts its thread. The WAL is checkpointed into the
+    /// database whenever it grows past `wal_limit` bytes (see [`WalBound`]).
+    pub(super) fn open(path: &Path, wal_limit: u64) -> Result<Writer, StoreError> {
         let path = path.to_path_buf();
-        let connection = open_connection(&path)?;
+        let connection = open_connection(&path, wal_limit)?;
         let (queue, waiting) = mpsc::channel::<Work>();
         let (to_sync, unsynced) = mpsc::channel::<Answer>();
         let (done, stopped) = oneshot::channel();
-        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let wal = wal_path(&path);
         let broken = Arc::new(AtomicBool::new(false));
         let flush_failed = broken.clone();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let flushed = flushes.clone();
         let syncer = std::thread::Builder::new()
             .name("jobhook-wal-sync".into())
-            .spawn(move || sync_and_answer(&wal, &unsynced, &flush_failed))
+            .spawn(move || sync_and_answer(&wal, &unsynced, &flush_failed, &flushed))
             .map_err(|err| StoreError::Batch(format!("cannot start the WAL syncer: {err}")))?;
         let refuse = broken.clone();
+        let mut wal_bound = WalBound::new(&path, wal_limit);
         std::thread::Builder::new()
             .name("jobhook-writer".into())
             .spawn(move || {
@@ -76,8 +85,9 @@ impl Writer {
                         work(usable.then_some(&mut connection))
                     }));
                     if !connection.is_autocommit() {
-                        connection = recover(connection, &path);
+                        connection = recover(connection, &path, wal_limit);
                     }
+                    wal_bound.check(&connection);
                     if let Ok(answer) = answer {
                         if to_sync.send(answer).is_err() {
                             break;
@@ -94,7 +104,14 @@ impl Writer {
             queue: Mutex::new(Some(queue)),
             stopped: Mutex::new(Some(stopped)),
             broken,
+            flushes,
         })
+    }
+
+    /// How many times the WAL has been flushed to disk.
+    #[cfg(test)]
+    pub(super) fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::SeqCst)
     }
 
     /// Runs `work` in one write transaction and commits it; returns once it is committed and
@@ -159,12 +176,21 @@ impl Writer {
 
 /// The syncer: waits for answers, flushes the WAL once for all that are waiting (every one of
 /// their commits was written before the flush starts), then gives them out.
-fn sync_and_answer(wal: &Path, unsynced: &mpsc::Receiver<Answer>, broken: &AtomicBool) {
+fn sync_and_answer(
+    wal: &Path,
+    unsynced: &mpsc::Receiver<Answer>,
+    broken: &AtomicBool,
+    flushes: &AtomicU64,
+) {
     let mut file: Option<File> = None;
     while let Ok(first) = unsynced.recv() {
         let mut answers = vec![first];
         answers.extend(unsynced.try_iter());
-        let synced = flush(wal, &mut file).map_err(|err| {
+        let synced = flush(wal, &mut file)
+            .inspect(|()| {
+                flushes.fetch_add(1, Ordering::SeqCst);
+            })
+            .map_err(|err| {
             // After a failed flush the kernel may have dropped the pages it could not write
             // and report success next time, so nothing committed since the last good flush can
             // be trusted: every later write is refused until a restart lets SQLite recover the
@@ -210,12 +236,12 @@ fn in_transaction<T>(
 /// a connection reused in that state would nest every later transaction inside one that never
 /// commits, so they would be acknowledged and lost. Roll back, and when even that fails, start
 /// over on a new connection.
-fn recover(connection: Connection, path: &Path) -> Connection {
+fn recover(connection: Connection, path: &Path, wal_limit: u64) -> Connection {
     if connection.execute_batch("ROLLBACK").is_ok() && connection.is_autocommit() {
         return connection;
     }
     tracing::warn!("the writer connection is stuck inside a transaction; reopening it");
-    match open_connection(path) {
+    match open_connection(path, wal_limit) {
         // Dropping the old connection closes it, which rolls its transaction back.
         Ok(fresh) => fresh,
         Err(err) => {
@@ -225,14 +251,14 @@ fn recover(connection: Connection, path: &Path) -> Connection {
     }
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+fn open_connection(path: &Path, wal_limit: u64) -> Result<Connection, StoreError> {
     let connection = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    connection.busy_timeout(Duration::from_secs(5))?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -251,7 +277,84 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // The writer never checkpoints: a checkpoint in the commit path stalls every delivery
     // waiting on that commit. `Store::maintain` checkpoints from a connection of its own.
     connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // When SQLite starts the WAL over after a checkpoint, it cuts the file back to the limit,
+    // so the file's size tells how much is waiting to be checkpointed (see [`WalBound`]).
+    let limit = i64::try_from(wal_limit).unwrap_or(i64::MAX);
+    connection.pragma_update(None, "journal_size_limit", limit)?;
     Ok(connection)
+}
+
+/// Keeps the write-ahead log within `limit` bytes (plus the transaction that crossed it).
+///
+/// `Store::maintain` checkpoints once a second off the commit path, but that alone does not
+/// bound the log: writes faster than a checkpoint can copy, or a process killed before its
+/// first second, leave it growing (a crash test once found 423 MB). So after each transaction
+/// the writer looks at the log's size (one `stat`), and past the limit it checkpoints and
+/// truncates the log itself. That stalls writes for one checkpoint, once per `limit` bytes
+/// written. A checkpoint can fail to finish: `maintain`'s own is running (it answers at once)
+/// or a reader holds an old snapshot (it waits at most [`CHECKPOINT_WAIT`]); the next try
+/// comes once the log has grown by another tenth of the limit, so a stuck reader costs one
+/// short stall per tenth, not one per write.
+struct WalBound {
+    wal: PathBuf,
+    limit: u64,
+    /// Checkpoint when the log is larger than this.
+    try_above: u64,
+}
+
+/// Longest a checkpoint past the limit waits for readers, holding up writes meanwhile.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(100);
+
+impl WalBound {
+    fn new(path: &Path, limit: u64) -> WalBound {
+        WalBound {
+            wal: wal_path(path),
+            limit,
+            try_above: limit,
+        }
+    }
+
+    fn check(&mut self, connection: &Connection) {
+        let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        if size <= self.try_above {
+            return;
+        }
+        let finished = connection
+            .busy_timeout(CHECKPOINT_WAIT)
+            .and_then(|()| checkpoint_truncate(connection));
+        if let Err(err) = connection.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(error = %err, "cannot restore the writer's busy timeout");
+        }
+        match finished {
+            Ok(true) => {
+                self.try_above = self.limit;
+                tracing::debug!(size, "the write-ahead log passed its limit; checkpointed");
+            }
+            Ok(false) => {
+                self.try_above = size + self.limit / 10;
+                tracing::debug!(
+                    size,
+                    "a checkpoint of the write-ahead log could not finish yet"
+                );
+            }
+            Err(err) => {
+                self.try_above = size + self.limit / 10;
+                tracing::warn!(error = %err, size, "cannot checkpoint the write-ahead log");
+            }
+        }
+    }
+}
+
+/// Copies the whole WAL into the database and truncates it to nothing; false when readers
+/// kept it from finishing.
+pub(super) fn checkpoint_truncate(connection: &Connection) -> Result<bool, rusqlite::Error> {
+    let busy: i64 =
+        connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+    Ok(busy == 0)
+}
+
+pub(super) fn wal_path(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-wal", path.display()))
 }
 
 /// The first row `sql` gives, decoded; an error when there is none.
@@ -308,7 +411,7 @@ mod tests {
 
     async fn writer_with_table() -> (tempfile::TempDir, Writer) {
         let dir = tempfile::tempdir().unwrap();
-        let writer = Writer::open(&dir.path().join("test.db")).unwrap();
+        let writer = Writer::open(&dir.path().join("test.db"), 64 * 1024 * 1024).unwrap();
         writer
             .write(|tx| execute(tx, "CREATE TABLE t (v INTEGER NOT NULL UNIQUE)", []))
             .await
@@ -399,11 +502,14 @@ mod tests {
         drop(to_sync);
         // No WAL file there: the flush cannot happen, so nothing may be answered as durable.
         let broken = AtomicBool::new(false);
+        let flushes = AtomicU64::new(0);
         sync_and_answer(
             Path::new("/nonexistent/jobhook-test.db-wal"),
             &unsynced,
             &broken,
+            &flushes,
         );
+        assert_eq!(flushes.load(Ordering::SeqCst), 0);
         drop(answers);
         let results: Vec<_> = answered.iter().collect();
         assert_eq!(results.len(), 3);
@@ -429,16 +535,63 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_committed_write_is_in_the_wal_the_syncer_flushes() {
+    async fn a_write_is_answered_only_after_the_wal_holding_it_was_flushed() {
         let (dir, writer) = writer_with_table().await;
-        writer
-            .write(|tx| execute(tx, "INSERT INTO t (v) VALUES (7)", []))
-            .await
-            .unwrap();
-        // The commit went to the WAL (no checkpoint runs here), which is the file flushed
-        // before the write above was answered.
+        for v in 7..10 {
+            let before = writer.flushes();
+            writer
+                .write(move |tx| execute(tx, "INSERT INTO t (v) VALUES (?1)", [v]))
+                .await
+                .unwrap();
+            // One flush at least, between the commit and the answer.
+            assert!(writer.flushes() > before, "write {v} answered unflushed");
+        }
+        // The commits went to the WAL (no checkpoint ran), which is the file flushed.
         let wal = std::fs::metadata(dir.path().join("test.db-wal")).unwrap();
         assert!(wal.len() > 0);
-        assert_eq!(values(&writer).await, vec![7]);
+        assert_eq!(values(&writer).await, vec![7, 8, 9]);
+    }
+
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_and_truncated_past_its_limit() {
+        const LIMIT: u64 = 64 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Writer::open(&dir.path().join("test.db"), LIMIT).unwrap();
+        writer
+            .write(|tx| execute(tx, "CREATE TABLE b (v BLOB NOT NULL)", []))
+            .await
+            .unwrap();
+        let wal = dir.path().join("test.db-wal");
+        let mut largest = 0;
+        let mut shrank = 0;
+        for _ in 0..100 {
+            writer
+                .write(|tx| execute(tx, "INSERT INTO b (v) VALUES (zeroblob(8000))", []))
+                .await
+                .unwrap();
+            let size = std::fs::metadata(&wal).unwrap().len();
+            if size < largest {
+                shrank += 1;
+            }
+            largest = largest.max(size);
+            // Checked after every transaction, before it is answered.
+            assert!(size <= LIMIT, "WAL at {size} bytes");
+        }
+        assert!(
+            shrank >= 5,
+            "checkpointed {shrank} times for ~800 KB written"
+        );
+        let rows = writer
+            .write(|tx| {
+                query_one(
+                    tx,
+                    "SELECT COUNT(*) FROM b",
+                    [],
+                    |r| Ok(r.get::<_, i64>(0)?),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 100);
     }
 }
