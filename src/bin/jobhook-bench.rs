@@ -30,6 +30,9 @@ async fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("child") {
         return child(&args[2..]).await;
     }
+    if args.iter().any(|a| a == "--log-bytes") {
+        return print_log_bytes().await;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let concurrency = args
         .iter()
@@ -442,6 +445,68 @@ async fn raw_batched_inserts(
     Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Webhook deliveries `from..from + count` as the public listener makes them in receive-only
+/// mode (the body's report is applied).
+fn deliveries(from: usize, count: usize) -> anyhow::Result<Vec<jobhook::store::NewDelivery>> {
+    (from..from + count)
+        .map(|n| {
+            let body = webhook_body(n);
+            let report = jobhook::pictory::JobReport::from_json(&serde_json::from_str(&body)?);
+            Ok(jobhook::store::NewDelivery {
+                received_at: now_ms(),
+                remote_addr: Some("127.0.0.1".into()),
+                headers: r#"{"content-type":"application/json"}"#.into(),
+                body: body.into_bytes(),
+                target: jobhook::store::DeliveryTarget::Job {
+                    job_id: report.job_id,
+                    submission_id: None,
+                    report: Some(report.state),
+                    look_now: false,
+                    first_poll_at: None,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Bytes jobhook writes to its log per webhook (a 1.5 KB body, receive-only mode, a new job
+/// each), alone in its transaction and in batches of 256: the size the write-ahead log grows
+/// by, with no checkpoint to reuse it.
+async fn log_bytes_per_webhook(dir: &Path) -> anyhow::Result<(f64, f64)> {
+    let mut figures = Vec::new();
+    for (name, batch, count) in [("alone", 1, 1_000), ("batched", 256, 256 * 20)] {
+        let db = dir.join(format!("log-bytes-{name}.db"));
+        let options = jobhook::store::StoreOptions {
+            wal_limit: u64::MAX,
+        };
+        let store =
+            jobhook::store::open_with(&format!("sqlite://{}", db.display()), &options).await?;
+        store.migrate().await?;
+        let wal = PathBuf::from(format!("{}-wal", db.display()));
+        let before = std::fs::metadata(&wal)?.len();
+        for from in (0..count).step_by(batch) {
+            for result in store.ingest_batch(deliveries(from, batch)?).await? {
+                result?;
+            }
+        }
+        let after = std::fs::metadata(&wal)?.len();
+        store.close().await;
+        figures.push((after - before) as f64 / count as f64);
+    }
+    Ok((figures[0], figures[1]))
+}
+
+/// `jobhook-bench --log-bytes`: only the log bytes per webhook (quick, any build).
+async fn print_log_bytes() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("jobhook-bench-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    let result = log_bytes_per_webhook(&dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (alone, batched) = result?;
+    println!("log bytes per webhook: {alone:.0} alone, {batched:.0} in batches of 256");
+    Ok(())
+}
+
 /// jobhook's storage alone, without HTTP: the same webhooks as deliveries, 256 per
 /// `Store::ingest_batch` call (the raw baseline's batch), each awaited before the next.
 async fn store_batched(dir: &Path, settings: &Settings) -> anyhow::Result<f64> {
@@ -451,25 +516,7 @@ async fn store_batched(dir: &Path, settings: &Settings) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut stored = 0usize;
     while started.elapsed() < settings.duration {
-        let batch = (stored..stored + 256)
-            .map(|n| {
-                let body = webhook_body(n);
-                let report = jobhook::pictory::JobReport::from_json(&serde_json::from_str(&body)?);
-                Ok(jobhook::store::NewDelivery {
-                    received_at: now_ms(),
-                    remote_addr: Some("127.0.0.1".into()),
-                    headers: r#"{"content-type":"application/json"}"#.into(),
-                    body: body.into_bytes(),
-                    target: jobhook::store::DeliveryTarget::Job {
-                        job_id: report.job_id,
-                        submission_id: None,
-                        report: Some(report.state),
-                        look_now: false,
-                        first_poll_at: None,
-                    },
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let batch = deliveries(stored, 256)?;
         for result in store.ingest_batch(batch).await? {
             result?;
         }

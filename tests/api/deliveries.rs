@@ -136,7 +136,7 @@ async fn replaying_a_rejected_or_unknown_delivery_explains_why_not() {
 }
 
 #[tokio::test]
-async fn retention_prunes_old_bodies_in_batches_but_keeps_jobs_and_history() {
+async fn retention_prunes_old_bodies_in_batches_but_keeps_jobs_history_and_what_raw_serves() {
     use jobhook::domain::time::ManualClock;
     use jobhook::state::AppState;
     use std::sync::Arc;
@@ -154,14 +154,16 @@ async fn retention_prunes_old_bodies_in_batches_but_keeps_jobs_and_history() {
         } else {
             START_MS + 29 * day
         };
-        store
-            .ingest(delivery(
-                &completed_body(&format!("r{n}")),
-                received_at,
-                false,
-            ))
-            .await
-            .unwrap();
+        // Each job's second webhook is its latest word, which `/raw` serves from the delivery.
+        for body in [
+            in_progress_body(&format!("r{n}")),
+            completed_body(&format!("r{n}")),
+        ] {
+            store
+                .ingest(delivery(&body, received_at, false))
+                .await
+                .unwrap();
+        }
     }
     let clock = ManualClock::new(START_MS + 30 * day + 1);
     let state = AppState::new(config, store.clone(), Arc::new(clock)).unwrap();
@@ -174,9 +176,14 @@ async fn retention_prunes_old_bodies_in_batches_but_keeps_jobs_and_history() {
 
     let old = store.delivery(1).await.unwrap().unwrap();
     assert!(old.body.is_none());
-    let recent = store.delivery(total_old + 1).await.unwrap().unwrap();
+    let served = store.delivery(2).await.unwrap().unwrap();
+    assert!(served.body.is_some(), "r0's /raw is this body: kept");
+    let recent = store.delivery(2 * total_old + 1).await.unwrap().unwrap();
     assert!(recent.body.is_some());
     let job = store.job("r0").await.unwrap().expect("jobs are kept");
+    let raw: Value =
+        serde_json::from_str(&store.raw_response(job.pk).await.unwrap().unwrap()).unwrap();
+    assert_eq!(raw, completed_body("r0"));
     assert!(
         !store.job_events(job.pk).await.unwrap().is_empty(),
         "history is kept"

@@ -289,10 +289,20 @@ async fn raw_delivery_keeps_headers_and_masks_credentials() {
         .as_str()
         .unwrap()
         .starts_with("127.0.0.1:"));
-    // /raw serves the last Pictory body verbatim.
+    // /raw serves the last Pictory body verbatim...
     let raw = app.get("/v1/jobs/job-h/raw").await;
     assert_eq!(raw.status(), 200);
     assert_eq!(raw.text().await.unwrap(), body);
+    // ...from the delivery: the job row keeps no second copy of it.
+    let db = rusqlite::Connection::open(&app.db_path).unwrap();
+    let (copy, refers_to): (Option<String>, Option<i64>) = db
+        .query_row(
+            "SELECT raw_response, raw_delivery FROM jobs WHERE job_id = 'job-h'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((copy, refers_to), (None, delivery["id"].as_i64()));
 }
 
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -314,7 +314,8 @@ pub(super) struct WebhookOnJob<'a> {
     pub(super) replay: bool,
     pub(super) report: Option<&'a ReportedState>,
     pub(super) look_now: bool,
-    pub(super) raw_body: &'a [u8],
+    /// The delivery whose row holds the body (a replayed duplicate's original).
+    pub(super) body_delivery_id: i64,
     /// Whether any notification endpoint is configured.
     pub(super) notify: bool,
 }
@@ -336,7 +337,7 @@ pub(super) fn record_webhook(
         replay,
         report,
         look_now,
-        raw_body,
+        body_delivery_id,
         notify,
     } = webhook;
     let mut entries: Vec<Entry<'_>> = Vec::with_capacity(3);
@@ -372,11 +373,12 @@ pub(super) fn record_webhook(
         job.next_poll_at = Some(now);
     }
     // When webhook bodies are trusted (verify mode off), the body is jobhook's latest word from
-    // Pictory; it replaces `/raw` unless it is a stale one about a job already final.
-    let raw = plan
+    // Pictory; it replaces `/raw` unless it is a stale one about a job already final. The job
+    // refers to the delivery rather than keeping a second copy of its body.
+    let raw_delivery = plan
         .as_ref()
         .filter(|plan| matches!(plan, ReportPlan::Move { .. }) || !job.status.is_final())
-        .and_then(|_| std::str::from_utf8(raw_body).ok());
+        .map(|_| body_delivery_id);
     let moved = match plan.as_ref().and_then(|plan| job.apply(plan, now)) {
         Some(from) => {
             let detail = json!({"from": from.as_str(), "to": job.status.as_str(),
@@ -396,7 +398,8 @@ pub(super) fn record_webhook(
          completed_at = ?5, webhook_received_at = ?6, \
          next_poll_at = CASE WHEN ?8 AND leased = 1 THEN next_poll_at ELSE ?7 END, \
          poll_priority = CASE WHEN ?8 THEN 1 ELSE poll_priority END, \
-         raw_response = COALESCE(?9, raw_response), seq = ?10, updated_at = ?11 WHERE id = ?12",
+         raw_response = CASE WHEN ?9 IS NULL THEN raw_response END, \
+         raw_delivery = COALESCE(?9, raw_delivery), seq = ?10, updated_at = ?11 WHERE id = ?12",
         params![
             job.status.as_str(),
             json_text(&job.output)?,
@@ -406,7 +409,7 @@ pub(super) fn record_webhook(
             job.webhook_received_at,
             job.next_poll_at,
             look_now,
-            raw,
+            raw_delivery,
             job.seq,
             now,
             job.pk

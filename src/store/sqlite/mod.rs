@@ -196,21 +196,24 @@ impl Store for SqliteStore {
         let notify = self.notify.load(Ordering::Relaxed);
         self.writer
             .write(move |tx| {
-                let row: Option<(Option<i64>, Option<Vec<u8>>)> = query_optional(
+                type Row = (Option<i64>, Option<Vec<u8>>, i64);
+                let row: Option<Row> = query_optional(
                     tx,
-                    "SELECT d.job_pk, COALESCE(d.body, o.body) FROM deliveries d \
+                    "SELECT d.job_pk, COALESCE(d.body, o.body), \
+                     CASE WHEN d.body IS NULL AND o.id IS NOT NULL THEN o.id ELSE d.id END \
+                     FROM deliveries d \
                      LEFT JOIN deliveries o ON o.id = d.duplicate_of WHERE d.id = ?1",
                     [delivery_id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )?;
-                let Some((job_pk, body)) = row else {
+                let Some((job_pk, body, body_delivery_id)) = row else {
                     return Ok(None);
                 };
-                let Some(body) = body else {
+                if body.is_none() {
                     return Ok(Some(Replayed::NotApplicable(
                         "the delivery's body was pruned by retention".into(),
                     )));
-                };
+                }
                 let (job, created) = match (job_pk, again.job_id.as_deref()) {
                     (Some(pk), _) => (job_by_pk(tx, pk)?, false),
                     (None, Some(job_id)) => {
@@ -231,7 +234,7 @@ impl Store for SqliteStore {
                     replay: true,
                     report: again.report.as_ref(),
                     look_now: again.look_now,
-                    raw_body: &body,
+                    body_delivery_id,
                     notify,
                 };
                 let job = record_webhook(tx, webhook, now)?;
@@ -284,12 +287,16 @@ impl Store for SqliteStore {
     }
 
     async fn raw_response(&self, job_pk: i64) -> Result<Option<String>, StoreError> {
-        let raw: Option<Option<String>> =
-            sqlx::query_scalar("SELECT raw_response FROM jobs WHERE id = $1")
-                .bind(job_pk)
-                .fetch_optional(&self.reader)
-                .await?;
-        Ok(raw.flatten())
+        let row: Option<(Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT j.raw_response, d.body FROM jobs j \
+             LEFT JOIN deliveries d ON d.id = j.raw_delivery WHERE j.id = $1",
+        )
+        .bind(job_pk)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.and_then(|(text, body)| {
+            text.or_else(|| body.and_then(|body| String::from_utf8(body).ok()))
+        }))
     }
 
     async fn job_events(&self, job_pk: i64) -> Result<Vec<JobEvent>, StoreError> {
@@ -435,6 +442,8 @@ impl Store for SqliteStore {
                     tx,
                     "UPDATE deliveries SET body = NULL, pruned_at = ?1 WHERE id IN \
                      (SELECT id FROM deliveries WHERE body IS NOT NULL AND received_at < ?1 \
+                      AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = deliveries.job_pk \
+                                      AND jobs.raw_delivery = deliveries.id) \
                       ORDER BY received_at LIMIT ?2)",
                     params![before, i64::from(batch)],
                 )

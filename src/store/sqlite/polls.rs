@@ -46,7 +46,7 @@ pub(super) fn record_poll(
         if matches!(plan, ReportPlan::Move { .. }) || !job.status.is_final() {
             execute(
                 tx,
-                "UPDATE jobs SET raw_response = ?1 WHERE id = ?2",
+                "UPDATE jobs SET raw_response = ?1, raw_delivery = NULL WHERE id = ?2",
                 params![raw, job_pk],
             )?;
         }

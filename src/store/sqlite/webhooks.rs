@@ -77,7 +77,8 @@ pub(super) fn ingest_one(
         replay: false,
         report,
         look_now,
-        raw_body: &delivery.body,
+        // A duplicate's body lives in its original, and a duplicate never sets `/raw`.
+        body_delivery_id: delivery_id,
         notify,
     };
     let job = record_webhook(tx, webhook, now)?;
