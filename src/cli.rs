@@ -85,8 +85,11 @@ pub struct MockArgs {
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
     pub throttle_rate: f64,
     /// Retry-After seconds sent with a 429.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, conflicts_with = "no_retry_after")]
     pub retry_after: u64,
+    /// Send 429s without a Retry-After header.
+    #[arg(long)]
+    pub no_retry_after: bool,
     /// Share of Get Job calls answered 500.
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
     pub error_rate: f64,
@@ -106,7 +109,7 @@ impl MockArgs {
             reorder_rate: self.reorder_rate,
             webhook_delay: self.webhook_delay,
             throttle_rate: self.throttle_rate,
-            retry_after_secs: self.retry_after,
+            retry_after_secs: (!self.no_retry_after).then_some(self.retry_after),
             error_rate: self.error_rate,
             seed: self.seed,
         }

@@ -10,7 +10,7 @@ use crate::domain::time::Clock;
 use crate::pictory::rules;
 use crate::sync::lock;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -37,7 +37,8 @@ pub struct MockOptions {
     pub reorder_rate: f64,
     pub webhook_delay: Duration,
     pub throttle_rate: f64,
-    pub retry_after_secs: u64,
+    /// Retry-After sent with a 429; None sends none.
+    pub retry_after_secs: Option<u64>,
     pub error_rate: f64,
     pub seed: Option<u64>,
 }
@@ -53,7 +54,7 @@ impl Default for MockOptions {
             reorder_rate: 0.0,
             webhook_delay: Duration::ZERO,
             throttle_rate: 0.0,
-            retry_after_secs: 2,
+            retry_after_secs: Some(2),
             error_rate: 0.0,
             seed: None,
         }
@@ -418,13 +419,18 @@ async fn generate(
     Json(json!({"success": true, "data": {"jobId": id}})).into_response()
 }
 
-fn throttled(retry_after: u64) -> Response {
-    (
+fn throttled(retry_after: Option<u64>) -> Response {
+    let mut response = (
         StatusCode::TOO_MANY_REQUESTS,
-        [("retry-after", retry_after.to_string())],
         Json(json!({"message": "Too Many Requests"})),
     )
-        .into_response()
+        .into_response();
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
 async fn get_job(

@@ -20,6 +20,7 @@ mod pictory;
 mod reconcile;
 mod soak;
 mod state_machine;
+mod storm;
 mod stream;
 mod videos;
 mod webhooks;

@@ -95,7 +95,7 @@ async fn generate_refuses_what_pictory_refuses_and_accepts_the_rest() {
 async fn throttling_and_errors_follow_their_rates() {
     let (mock, base) = fake(MockOptions {
         throttle_rate: 1.0,
-        retry_after_secs: 9,
+        retry_after_secs: Some(9),
         ..MockOptions::default()
     })
     .await;

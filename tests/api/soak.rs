@@ -37,7 +37,7 @@ async fn mixed_load_against_a_misbehaving_pictory_keeps_every_invariant() {
         reorder_rate: 0.3,
         // Each 429 holds every poll back for its Retry-After, so a high rate starves a long run.
         throttle_rate: 0.01,
-        retry_after_secs: 1,
+        retry_after_secs: Some(1),
         error_rate: 0.1,
         seed: Some(99),
         ..MockOptions::default()
