@@ -46,10 +46,20 @@ pub struct Metrics {
     pub overdue_jobs: Gauge,
     pub oldest_overdue_seconds: Gauge,
     pub effective_rate: Gauge,
+    pub long_polls_waiting: Gauge,
     pub throttled: Gauge,
     pub notification_attempts: Family<OutcomeLabel, Counter>,
     pub pruned_bodies: Counter,
     pub request_duration: Family<RequestLabels, Histogram>,
+}
+
+/// Takes one off its gauge when dropped (however the holder ends).
+pub struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -99,6 +109,12 @@ impl Metrics {
             "Get Job calls per second allowed now: reconcile.rate, or less after Pictory's 429s",
             effective_rate.clone(),
         );
+        let long_polls_waiting = Gauge::default();
+        registry.register(
+            "long_polls_waiting",
+            "GET /v1/jobs/{id}?wait= requests waiting for their job to become final",
+            long_polls_waiting.clone(),
+        );
         let throttled = Gauge::default();
         registry.register(
             "reconcile_throttled",
@@ -136,6 +152,7 @@ impl Metrics {
             overdue_jobs,
             oldest_overdue_seconds,
             effective_rate,
+            long_polls_waiting,
             throttled,
             notification_attempts,
             pruned_bodies,
@@ -149,6 +166,12 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts one more long-poll waiting, until the guard is dropped.
+    pub fn long_poll_waiting(&self) -> GaugeGuard {
+        self.long_polls_waiting.inc();
+        GaugeGuard(self.long_polls_waiting.clone())
     }
 
     /// The Prometheus text exposition.

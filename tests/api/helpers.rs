@@ -313,6 +313,18 @@ impl TestApp {
         list["data"].as_array().unwrap().clone()
     }
 
+    /// Waits (5 s at most) until exactly `n` long-polls are waiting.
+    pub async fn wait_for_long_polls(&self, n: usize) {
+        let gauge = &self.state.metrics.long_polls_waiting;
+        for _ in 0..500 {
+            if gauge.get() == n as i64 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{} long-polls waiting, not {n}", gauge.get());
+    }
+
     pub async fn metrics(&self) -> String {
         let response = self.get("/metrics").await;
         assert_eq!(response.status(), 200);

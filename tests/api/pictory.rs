@@ -102,6 +102,33 @@ async fn an_early_in_progress_webhook_is_verified_and_polling_goes_on() {
         .await
         .unwrap();
     assert_eq!(ack["status"], "accepted");
+    // The webhook was checked with Get Job: one call, and the job moved on its answer.
+    let job = app.get_json("/v1/jobs/early").await;
+    let mut job = job;
+    for _ in 0..500 {
+        if job["status"] == "in_progress" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        job = app.get_json("/v1/jobs/early").await;
+    }
+    assert_eq!(job["status"], "in_progress");
+    assert_eq!(job["poll_count"], 1);
+    let calls = app.mock().get_calls();
+    let checks: Vec<_> = calls.iter().filter(|c| c.job_id == "early").collect();
+    assert_eq!(checks.len(), 1, "one Get Job call for the webhook");
+    let polled = app
+        .events("early")
+        .await
+        .into_iter()
+        .find(|e| e["kind"] == "polled")
+        .expect("the Get Job call is in the history");
+    assert_eq!(
+        (polled["cause"].as_str(), polled["http_status"].as_i64()),
+        (Some("webhook"), Some(200))
+    );
+    // And polling goes on: the job is scheduled again.
+    assert!(job["next_poll_at"].is_string());
     app.mock().set_state("early", MockState::Completed);
     app.webhook(app.mock().job_body("early").unwrap().to_string())
         .await;

@@ -504,7 +504,13 @@ async fn a_look_now_that_arrives_during_a_scheduled_poll_is_not_lost() {
     let mut h = harness(|_| {}).await;
     h.register("ln", MockState::InProgress).await;
     h.clock.set_ms(START_MS + GRACE);
-    // The scheduled poll is in flight...
+    // The scheduled poll is slow, so it is surely in flight...
+    h.mock.force_next(Forced {
+        status: 200,
+        body: h.mock.job_body("ln").unwrap().to_string(),
+        delay: Duration::from_millis(400),
+        ..Default::default()
+    });
     h.reconciler.step(h.now()).await.unwrap();
     // ...when a webhook asks for a look now.
     h.store
@@ -515,7 +521,11 @@ async fn a_look_now_that_arrives_during_a_scheduled_poll_is_not_lost() {
         ))
         .await
         .unwrap();
+    let during = h.job("ln").await;
+    assert_eq!(during.poll_count, 0, "the poll had not answered yet");
+    assert!(h.calls_for("ln").is_empty());
     h.reconciler.drain().await;
+    assert_eq!(h.job("ln").await.poll_count, 1);
     assert_eq!(
         h.job("ln").await.next_poll_at,
         Some(START_MS + GRACE),

@@ -73,10 +73,6 @@ impl SseClient {
     }
 
     /// Whether an event arrives within `wait` (for asserting that nothing more comes).
-    pub async fn try_next(&mut self, wait: Duration) -> Option<SseEvent> {
-        tokio::time::timeout(wait, self.read()).await.ok()
-    }
-
     async fn read(&mut self) -> SseEvent {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
@@ -113,8 +109,16 @@ async fn long_poll_answers_as_soon_as_the_job_is_final() {
     app.register("lp").await;
     let url = format!("{}/v1/jobs/lp?wait=30s", app.api_url);
     let waiting = tokio::spawn(app.client.get(url).bearer_auth(TOKEN).send());
-    // A non-final change does not end the wait; the final one does.
+    app.wait_for_long_polls(1).await;
+    // A non-final change does not end the wait...
     app.webhook(in_progress_body("lp").to_string()).await;
+    assert_eq!(app.job("lp").await["status"], "in_progress");
+    assert!(!waiting.is_finished());
+    assert_eq!(
+        metric_value(&app.metrics().await, "jobhook_long_polls_waiting"),
+        Some(1.0)
+    );
+    // ...the final one does.
     app.webhook(completed_body("lp").to_string()).await;
     let response = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
@@ -123,6 +127,7 @@ async fn long_poll_answers_as_soon_as_the_job_is_final() {
         .unwrap();
     let job: Value = response.json().await.unwrap();
     assert_eq!(job["status"], "completed");
+    app.wait_for_long_polls(0).await;
 }
 
 #[tokio::test]
@@ -201,13 +206,11 @@ async fn a_client_resumes_with_last_event_id_across_a_restart_without_gaps_or_re
         pairs(&[("r1", "completed"), ("r2", "in_progress"), ("r2", "failed")])
     );
     assert!(missed[0].id > first.id && missed.windows(2).all(|w| w[0].id < w[1].id));
-    assert!(
-        resumed.try_next(Duration::from_millis(300)).await.is_none(),
-        "no duplicates"
-    );
-    // And it continues live.
+    // And it continues live: the next event is the next change, no repeat in between.
     app.webhook(completed_body("r3").to_string()).await;
-    assert_eq!(resumed.next().await.data["job_id"], "r3");
+    let live = resumed.next().await;
+    assert_eq!(live.job_status(), ("r3".to_owned(), "completed".to_owned()));
+    assert!(live.id > missed[2].id);
 }
 
 #[tokio::test]
@@ -275,10 +278,14 @@ async fn a_slow_stream_reader_does_not_hold_up_ingest() {
         assert_eq!(response.status(), 200);
     }
     let mut late = SseClient::connect(&app, "", Some(0)).await;
-    let mut count = 0;
-    while let Some(event) = late.try_next(Duration::from_millis(500)).await {
-        assert!(event.data["job_id"].as_str().unwrap().starts_with("flood-"));
-        count += 1;
-    }
-    assert_eq!(count, 300, "a reader from the start gets every change");
+    let events = late.next_n(300).await;
+    let expected: Vec<String> = (0..300).map(|n| format!("flood-{n}")).collect();
+    let seen: Vec<String> = events.iter().map(|e| e.job_status().0).collect();
+    assert_eq!(
+        seen, expected,
+        "a reader from the start gets every change, in order"
+    );
+    // Nothing else was queued: the next event is the next change.
+    app.webhook(completed_body("after").to_string()).await;
+    assert_eq!(late.next().await.job_status().0, "after");
 }

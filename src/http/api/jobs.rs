@@ -217,6 +217,7 @@ pub async fn get_job(
     };
     let give_up = tokio::time::sleep(wait);
     tokio::pin!(give_up);
+    let _waiting = state.metrics.long_poll_waiting();
     loop {
         tokio::select! {
             change = changes.recv() => match change {
