@@ -3,15 +3,17 @@
 use crate::config::Config;
 use crate::domain::time::Clock;
 use crate::http::api::videos::render_response;
+use crate::http::serve::fd::{self, Sizing};
+use crate::http::serve::{self, Limits};
 use crate::http::{api_app, public_app};
+use crate::metrics::Listener;
 use crate::notify::Notifier;
 use crate::reconcile::Reconciler;
 use crate::state::AppState;
 use crate::store::{NotifyRoute, Store};
 use crate::{retention, store};
 use anyhow::Context as _;
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -171,18 +173,28 @@ impl Service {
             api = %listeners.api.local_addr()?,
             "jobhook is listening"
         );
-        let public = axum::serve(
+        let sizing = Sizing::new(
+            state.config.server.max_connections,
+            fd::open_file_limit().map(|limit| limit.soft),
+        );
+        sizing.log();
+        let limits = Limits::new(&state.config.server, sizing.per_listener);
+        let public = serve::serve(
             listeners.public,
-            public_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future();
-        let api = axum::serve(
+            public_app(state.clone()),
+            Listener::Public,
+            limits,
+            state.metrics.clone(),
+            stop.clone(),
+        );
+        let api = serve::serve(
             listeners.api,
-            api_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future();
+            api_app(state.clone()),
+            Listener::Api,
+            limits,
+            state.metrics.clone(),
+            stop.clone(),
+        );
         let trigger = stop.clone();
         let watcher = tokio::spawn(async move {
             shutdown.await;
@@ -190,8 +202,7 @@ impl Service {
             trigger.cancel();
         });
 
-        let (public, api) = tokio::join!(public, api);
-        // If a listener died on its own, stop everything else too.
+        tokio::join!(public, api);
         stop.cancel();
         watcher.abort();
         for task in tasks {
@@ -200,8 +211,6 @@ impl Service {
             }
         }
         store.close().await;
-        public.context("public listener failed")?;
-        api.context("api listener failed")?;
         tracing::info!("stopped");
         Ok(())
     }
