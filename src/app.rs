@@ -14,8 +14,9 @@ use crate::store::{NotifyRoute, Store};
 use crate::{retention, store};
 use anyhow::Context as _;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 /// The two already-bound listeners (tests bind port 0 and read the address back).
@@ -26,19 +27,35 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
-        let public = TcpListener::bind(config.server.listen)
-            .await
+        let public = listen(config.server.listen)
             .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
-        let api = TcpListener::bind(config.server.api_listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on server.api_listen {}",
-                    config.server.api_listen
-                )
-            })?;
+        let api = listen(config.server.api_listen).with_context(|| {
+            format!(
+                "cannot listen on server.api_listen {}",
+                config.server.api_listen
+            )
+        })?;
         Ok(Listeners { public, api })
     }
+}
+
+/// Connections the kernel completes before jobhook accepts them. tokio's default (1,024) is
+/// soon full under a burst of connections, and a connection the queue has no room for is left
+/// half-open (the client thinks it is connected, the kernel retries the handshake for a minute):
+/// a client sending a webhook then waits that long. Linux caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As tokio's `TcpListener::bind` does: a restart can bind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Applies migrations and returns; what `jobhook migrate` does.

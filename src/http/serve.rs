@@ -114,7 +114,7 @@ pub async fn serve(
                 }
             }
         };
-        if let Some((failures, over)) = accept_failures.end_if_quiet() {
+        if let Some((failures, over)) = accept_failures.succeeded() {
             tracing::info!(
                 listener = ?which,
                 failures,
@@ -140,8 +140,6 @@ pub async fn serve(
             conn: Arc::new(Conn::default()),
             stopping: stop.clone(),
         };
-        // Listed as waiting from accept on, so a connection that never sends can be evicted.
-        waiting.start(&connection.conn);
         tokio::spawn(connection.run(stream, remote, router.clone(), graceful.watcher(), permit));
     }
     drop(listener);
@@ -248,6 +246,8 @@ struct Burst {
     started: Option<Instant>,
     last: Option<Instant>,
     count: u64,
+    /// Failures since the last success, for the back-off.
+    in_a_row: u32,
 }
 
 impl Burst {
@@ -262,18 +262,22 @@ impl Burst {
             self.count = 0;
         }
         self.count += 1;
+        self.in_a_row = self.in_a_row.saturating_add(1);
         self.last = Some(now);
         starts
     }
 
-    /// The pause after the latest failure: doubling within a burst, from 5 ms to 500 ms.
+    /// The pause after the latest failure: 5 ms, doubling with each failure in a row, 500 ms
+    /// at most.
     fn backoff(&self) -> Duration {
-        let doublings = self.count.saturating_sub(1).min(10) as u32;
+        let doublings = self.in_a_row.saturating_sub(1).min(10);
         BACKOFF_MIN.saturating_mul(1 << doublings).min(BACKOFF_MAX)
     }
 
-    /// Ends the burst if it has been quiet long enough: how many failures over how long.
-    fn end_if_quiet(&mut self) -> Option<(u64, Duration)> {
+    /// Records a success. Ends the burst if it has been quiet long enough, returning how many
+    /// failures it had over how long.
+    fn succeeded(&mut self) -> Option<(u64, Duration)> {
+        self.in_a_row = 0;
         let (started, last) = (self.started?, self.last?);
         if last.elapsed() <= QUIET {
             return None;
@@ -312,8 +316,9 @@ impl Connection {
             let conn = self.conn.clone();
             let waiting = self.waiting.clone();
             hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                // The head is in: a request is in flight, so this connection is not evictable.
-                waiting.stop(&conn);
+                // The head is in: a request is in flight, so this connection is not evictable
+                // (unless it was evicted just before; then it is closing and this is dropped).
+                waiting.begin_request(&conn);
                 request.extensions_mut().insert(ConnectInfo(remote));
                 router.clone().call(request)
             })
@@ -354,7 +359,7 @@ impl Connection {
                 })
                 .inc();
         }
-        self.waiting.stop(&self.conn);
+        self.waiting.remove(&self.conn);
         open.dec();
         drop(permit);
     }
@@ -386,6 +391,12 @@ mod tests {
             assert!(!burst.failed());
         }
         assert_eq!(burst.backoff(), BACKOFF_MAX);
-        assert_eq!(burst.end_if_quiet(), None, "not quiet yet");
+        assert_eq!(burst.succeeded(), None, "not quiet yet");
+        assert!(!burst.failed(), "the same burst goes on");
+        assert_eq!(
+            burst.backoff(),
+            BACKOFF_MIN,
+            "a success resets the back-off"
+        );
     }
 }

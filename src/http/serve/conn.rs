@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,12 +42,15 @@ pub(super) enum Stage {
 pub(super) struct Conn {
     /// Reads that returned data; a wait compares it to see the next request begin.
     reads: AtomicU64,
-    /// This connection's key in [`Waiting`] while it waits for a request, 0 otherwise. Changed
-    /// only under the list's lock.
-    key: AtomicU64,
     /// The stage whose timeout closed the connection: 0 none, 1 header, 2 idle.
     timed_out: AtomicU8,
-    /// Cancelled to close the connection at once, to make room for a new one.
+    /// This connection's key in [`Waiting`] while it is listed there, 0 otherwise. Changed
+    /// only under the list's lock.
+    key: AtomicU64,
+    /// Set, under the list's lock and for good, when the listener chose to close this
+    /// connection; it was waiting for a request then, and can never start one after.
+    evicted: AtomicBool,
+    /// Cancelled with `evicted`, to wake the connection's task.
     pub(super) evict: CancellationToken,
 }
 
@@ -69,9 +72,13 @@ impl Conn {
     }
 }
 
-/// A listener's connections that wait for a request head (new, silent, dribbling, or kept
-/// alive between requests), oldest first. None of them has a request in flight, so closing one
-/// loses no work; a connection that has one is never listed.
+/// A listener's connections that wait for a request head (silent, dribbling, or kept alive
+/// between requests), oldest first. None of them has a request in flight, so closing one loses
+/// no work; a connection that has one is never listed.
+///
+/// A connection is listed from the moment hyper first waits for its head, not from accept: one
+/// whose request is already in its socket buffer reads it on that same first poll, so a flood
+/// of new connections cannot evict it before it has had a chance to be read.
 #[derive(Default)]
 pub(super) struct Waiting {
     inner: Mutex<WaitingInner>,
@@ -84,10 +91,10 @@ struct WaitingInner {
 }
 
 impl Waiting {
-    /// `conn` waits for a request from now on (a no-op when it already does).
+    /// `conn` waits for a request from now on (a no-op when it is listed already).
     pub(super) fn start(&self, conn: &Arc<Conn>) {
         let mut inner = lock(&self.inner);
-        if conn.key.load(Ordering::Relaxed) != 0 {
+        if conn.key.load(Ordering::Relaxed) != 0 || conn.evicted.load(Ordering::Relaxed) {
             return;
         }
         inner.last_key += 1;
@@ -96,8 +103,22 @@ impl Waiting {
         conn.key.store(key, Ordering::Relaxed);
     }
 
-    /// `conn` has a request in flight, or is gone.
-    pub(super) fn stop(&self, conn: &Conn) {
+    /// A request head has arrived on `conn`: it is no longer evictable. False when it was
+    /// evicted first (it is closing; the request will not be served).
+    pub(super) fn begin_request(&self, conn: &Conn) -> bool {
+        let mut inner = lock(&self.inner);
+        if conn.evicted.load(Ordering::Relaxed) {
+            return false;
+        }
+        let key = conn.key.swap(0, Ordering::Relaxed);
+        if key != 0 {
+            inner.by_age.remove(&key);
+        }
+        true
+    }
+
+    /// `conn` is gone.
+    pub(super) fn remove(&self, conn: &Conn) {
         let mut inner = lock(&self.inner);
         let key = conn.key.swap(0, Ordering::Relaxed);
         if key != 0 {
@@ -110,8 +131,7 @@ impl Waiting {
         let mut inner = lock(&self.inner);
         match inner.by_age.pop_first() {
             Some((_, conn)) => {
-                conn.key.store(0, Ordering::Relaxed);
-                conn.evict.cancel();
+                Self::mark_evicted(&conn);
                 true
             }
             None => false,
@@ -122,9 +142,14 @@ impl Waiting {
     pub(super) fn evict_all(&self) {
         let mut inner = lock(&self.inner);
         for conn in std::mem::take(&mut inner.by_age).into_values() {
-            conn.key.store(0, Ordering::Relaxed);
-            conn.evict.cancel();
+            Self::mark_evicted(&conn);
         }
+    }
+
+    fn mark_evicted(conn: &Conn) {
+        conn.key.store(0, Ordering::Relaxed);
+        conn.evicted.store(true, Ordering::Relaxed);
+        conn.evict.cancel();
     }
 }
 
@@ -285,9 +310,14 @@ mod tests {
         waiting.start(&b);
         waiting.start(&c);
         waiting.start(&a); // already waiting: keeps its place
-        waiting.stop(&b); // a request arrived
+        assert!(waiting.begin_request(&b)); // a request arrived
         assert!(waiting.evict_oldest());
         assert!(a.evict.is_cancelled());
+        assert!(
+            !waiting.begin_request(&a),
+            "an evicted connection starts no request"
+        );
+        waiting.start(&a);
         assert!(waiting.evict_oldest());
         assert!(c.evict.is_cancelled());
         assert!(!b.evict.is_cancelled());
