@@ -153,7 +153,16 @@ async fn a_full_listener_makes_room_by_closing_the_longest_waiting_connection() 
     let public = address(&app.public_url);
     let mut oldest = TcpStream::connect(&public).await.unwrap();
     let newer = TcpStream::connect(&public).await.unwrap();
-    // Both places are taken by connections that send nothing; a webhook still gets in.
+    // Both places are taken by connections that send nothing (once served, they are open and
+    // waiting for a request); a webhook still gets in.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while public_metric(&app.state.metrics.render(), "jobhook_connections_open", "") < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the two connections were never served"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
