@@ -447,6 +447,12 @@ fn hold(
 async fn a_flood_of_silent_and_dribbling_connections_at_twice_the_fd_limit_loses_no_webhook() {
     const NOFILE: usize = 256;
     let service = Limited::start(NOFILE as u64, &[("JOBHOOK_SERVER_HEADER_TIMEOUT", "2s")]).await;
+    let limit = service.logged("open-file limit");
+    assert_eq!(
+        (&limit[0]["soft"], &limit[0]["hard"]),
+        (&Value::from(NOFILE), &Value::from(NOFILE)),
+        "{limit:?}"
+    );
     let cap = service.logged("each listener holds at most");
     assert_eq!(cap[0]["max_connections"], 96, "{cap:?}");
 
