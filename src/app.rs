@@ -3,17 +3,20 @@
 use crate::config::Config;
 use crate::domain::time::Clock;
 use crate::http::api::videos::render_response;
+use crate::http::serve::fd::{self, Sizing};
+use crate::http::serve::{self, Limits};
 use crate::http::{api_app, public_app};
+use crate::metrics::Listener;
 use crate::notify::Notifier;
 use crate::reconcile::Reconciler;
 use crate::state::AppState;
 use crate::store::{NotifyRoute, Store};
 use crate::{retention, store};
 use anyhow::Context as _;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 /// The two already-bound listeners (tests bind port 0 and read the address back).
@@ -24,19 +27,35 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
-        let public = TcpListener::bind(config.server.listen)
-            .await
+        let public = listen(config.server.listen)
             .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
-        let api = TcpListener::bind(config.server.api_listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on server.api_listen {}",
-                    config.server.api_listen
-                )
-            })?;
+        let api = listen(config.server.api_listen).with_context(|| {
+            format!(
+                "cannot listen on server.api_listen {}",
+                config.server.api_listen
+            )
+        })?;
         Ok(Listeners { public, api })
     }
+}
+
+/// Connections the kernel completes before jobhook accepts them. tokio's default (1,024) is
+/// soon full under a burst of connections, and a connection the queue has no room for is left
+/// half-open (the client thinks it is connected, the kernel retries the handshake for a minute):
+/// a client sending a webhook then waits that long. Linux caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As tokio's `TcpListener::bind` does: a restart can bind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Applies migrations and returns; what `jobhook migrate` does.
@@ -171,18 +190,28 @@ impl Service {
             api = %listeners.api.local_addr()?,
             "jobhook is listening"
         );
-        let public = axum::serve(
+        let sizing = Sizing::new(
+            state.config.server.max_connections,
+            fd::open_file_limit().map(|limit| limit.soft),
+        );
+        sizing.log();
+        let limits = Limits::new(&state.config.server, sizing.per_listener);
+        let public = serve::serve(
             listeners.public,
-            public_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future();
-        let api = axum::serve(
+            public_app(state.clone()),
+            Listener::Public,
+            limits,
+            state.metrics.clone(),
+            stop.clone(),
+        );
+        let api = serve::serve(
             listeners.api,
-            api_app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future();
+            api_app(state.clone()),
+            Listener::Api,
+            limits,
+            state.metrics.clone(),
+            stop.clone(),
+        );
         let trigger = stop.clone();
         let watcher = tokio::spawn(async move {
             shutdown.await;
@@ -190,8 +219,7 @@ impl Service {
             trigger.cancel();
         });
 
-        let (public, api) = tokio::join!(public, api);
-        // If a listener died on its own, stop everything else too.
+        tokio::join!(public, api);
         stop.cancel();
         watcher.abort();
         for task in tasks {
@@ -200,8 +228,6 @@ impl Service {
             }
         }
         store.close().await;
-        public.context("public listener failed")?;
-        api.context("api listener failed")?;
         tracing::info!("stopped");
         Ok(())
     }

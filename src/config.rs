@@ -37,6 +37,17 @@ pub struct ServerConfig {
     pub public_url: String,
     #[serde(with = "lenient::size")]
     pub body_limit: ByteSize,
+    /// Time a request line and headers have to arrive in: from accept for a connection's first
+    /// request, from its first byte for a later one.
+    #[serde(with = "lenient::duration")]
+    pub header_timeout: Duration,
+    /// Time a kept-alive connection may wait, silent, for its next request.
+    #[serde(with = "lenient::duration")]
+    pub idle_timeout: Duration,
+    /// Most connections each listener holds at once; unset, sized from the open-file limit
+    /// (see `http::serve::fd`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +57,9 @@ impl Default for ServerConfig {
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             public_url: "http://localhost:8080".to_owned(),
             body_limit: ByteSize::kib(256),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
         }
     }
 }
@@ -327,6 +341,18 @@ impl Config {
         }
         if self.database.wal_limit.as_u64() < 64 * 1024 {
             return Err(invalid("database.wal_limit", "must be at least 64KiB"));
+        }
+        if self.server.header_timeout.is_zero() {
+            return Err(invalid("server.header_timeout", "must be larger than zero"));
+        }
+        if self.server.idle_timeout.is_zero() {
+            return Err(invalid("server.idle_timeout", "must be larger than zero"));
+        }
+        if self.server.max_connections == Some(0) {
+            return Err(invalid(
+                "server.max_connections",
+                "must be at least 1 (leave it unset to size it from the open-file limit)",
+            ));
         }
         if !(self.database.url.starts_with("sqlite:")) {
             return Err(invalid(

@@ -3,6 +3,7 @@ use jobhook::app::{self, Listeners};
 use jobhook::cli::{Cli, Command};
 use jobhook::config::Config;
 use jobhook::domain::time::SystemClock;
+use jobhook::http::serve::fd;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -52,6 +53,17 @@ fn main() -> ExitCode {
             Command::Check => {
                 println!("# configuration is valid; effective values (secrets redacted):");
                 print!("{}", config.redacted_toml());
+                if config.server.max_connections.is_none() {
+                    // What `serve` would pick: it first raises the soft limit to the hard one.
+                    let limit = fd::open_file_limit().map(|limit| limit.hard);
+                    let sizing = fd::Sizing::new(None, limit);
+                    println!(
+                        "# server.max_connections is unset: each listener will hold at most {} \
+                         connections (open-file limit {})",
+                        sizing.per_listener,
+                        limit.map_or_else(|| "unknown".to_owned(), |l| l.to_string())
+                    );
+                }
                 Ok(())
             }
             Command::Migrate => {
@@ -60,6 +72,7 @@ fn main() -> ExitCode {
             }
             Command::Serve => {
                 jobhook::telemetry::init(config.log.format);
+                fd::raise_open_file_limit();
                 let listeners = Listeners::bind(&config).await?;
                 app::run(
                     config,

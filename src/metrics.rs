@@ -37,6 +37,26 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: Listener,
+}
+
+/// Why jobhook closed a connection that had no request in flight.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub listener: Listener,
+    /// `header_timeout`, `idle_timeout` or `evicted` (made room for a new connection).
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcceptErrorLabels {
+    pub listener: Listener,
+    /// `emfile` (the process is out of descriptors), `enfile` (the system is), or `other`.
+    pub error: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub deliveries: Family<OutcomeLabel, Counter>,
@@ -51,6 +71,11 @@ pub struct Metrics {
     pub notification_attempts: Family<OutcomeLabel, Counter>,
     pub pruned_bodies: Counter,
     pub request_duration: Family<RequestLabels, Histogram>,
+    pub connections_open: Family<ListenerLabel, Gauge>,
+    pub connections_max: Family<ListenerLabel, Gauge>,
+    pub connections_refused: Family<ListenerLabel, Counter>,
+    pub connections_closed: Family<ClosedLabels, Counter>,
+    pub accept_errors: Family<AcceptErrorLabels, Counter>,
 }
 
 /// Takes one off its gauge when dropped (however the holder ends).
@@ -143,6 +168,37 @@ impl Metrics {
             "HTTP request latency by listener, route and status",
             request_duration.clone(),
         );
+        let connections_open = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Open client connections, by listener",
+            connections_open.clone(),
+        );
+        let connections_max = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "connections_max",
+            "Most client connections a listener holds at once (server.max_connections)",
+            connections_max.clone(),
+        );
+        let connections_refused = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 and closed at once: the listener was full of requests in flight",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections jobhook closed while no request was in flight, by reason \
+             (header_timeout, idle_timeout, evicted)",
+            connections_closed.clone(),
+        );
+        let accept_errors = Family::<AcceptErrorLabels, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts, by error (emfile: out of file descriptors; enfile; other)",
+            accept_errors.clone(),
+        );
         Metrics {
             registry,
             deliveries,
@@ -157,6 +213,11 @@ impl Metrics {
             notification_attempts,
             pruned_bodies,
             request_duration,
+            connections_open,
+            connections_max,
+            connections_refused,
+            connections_closed,
+            accept_errors,
         }
     }
 

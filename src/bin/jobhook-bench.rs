@@ -30,6 +30,17 @@ async fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("child") {
         return child(&args[2..]).await;
     }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "jobhook-bench [--quick] [--concurrency N] [--idle-connections-only] [--drain] [--log-bytes]\n\n\
+             --quick                   2 s load runs and 100,000 stored jobs instead of 5 s and 1,000,000\n\
+             --concurrency N           connections driving each load run (default 64)\n\
+             --idle-connections-only   only the figures with {IDLE_CONNECTIONS} idle connections held\n\
+             --drain                   only the reconciler's drain of 10,000 overdue jobs at rates 5, 20, 200\n\
+             --log-bytes               only the write-ahead log bytes written per webhook"
+        );
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--log-bytes") {
         return print_log_bytes().await;
     }
@@ -37,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--drain") {
         return print_drains(quick).await;
     }
+    let idle_only = args.iter().any(|a| a == "--idle-connections-only");
     let concurrency = args
         .iter()
         .position(|a| a == "--concurrency")
@@ -48,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
         rounds: 3,
         concurrency,
         big: if quick { 100_000 } else { 1_000_000 },
+        idle_only,
     };
+    // The idle-connection figures hold thousands of sockets in this process and in the child.
+    jobhook::http::serve::fd::raise_open_file_limit();
     run(settings).await
 }
 
@@ -59,7 +74,12 @@ struct Settings {
     concurrency: usize,
     /// Jobs stored for the "large database" figures.
     big: usize,
+    /// Only the figures with idle connections held.
+    idle_only: bool,
 }
+
+/// Connections that send nothing, held on the public listener for the idle-connection figures.
+const IDLE_CONNECTIONS: usize = 5_000;
 
 // ---------- child processes: the servers ----------
 
@@ -198,14 +218,14 @@ impl Template {
 
     /// Inserts a copy of the rows for a new job numbered `n`, with `body` as its webhook body.
     fn insert(&self, tx: &Connection, body: &[u8], n: i64) -> anyhow::Result<()> {
-        let text = String::from_utf8_lossy(body).into_owned();
         let job = with(&self.job, |name| match name {
             "job_id" => Some(SqlValue::Text(format!(
                 "baseline-{n}-{}",
                 uuid::Uuid::new_v4()
             ))),
-            "raw_response" => Some(SqlValue::Text(text.clone())),
             "seq" => Some(SqlValue::Integer(n)),
+            // Set below, once the delivery it refers to exists.
+            "raw_delivery" => Some(SqlValue::Null),
             _ => None,
         });
         let pk: i64 = tx
@@ -221,6 +241,9 @@ impl Template {
         });
         tx.prepare_cached(&insert_sql("deliveries", &delivery, ""))?
             .execute(params_from_iter(delivery.iter().map(|(_, v)| v)))?;
+        // The job's `/raw` is its delivery's body, as jobhook records it.
+        tx.prepare_cached("UPDATE jobs SET raw_delivery = ?1 WHERE id = ?2")?
+            .execute(params![tx.last_insert_rowid(), pk])?;
         for event in &self.events {
             let event = with(event, |name| {
                 (name == "job_pk").then_some(SqlValue::Integer(pk))
@@ -508,6 +531,7 @@ async fn print_drains(quick: bool) -> anyhow::Result<()> {
         rounds: 1,
         concurrency: 1,
         big: 0,
+        idle_only: false,
     };
     for rate in [5, 20, 200] {
         match drain_overdue(&dir, &settings, rate).await {
@@ -726,7 +750,11 @@ impl Row {
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("jobhook-bench-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir)?;
-    let result = measure(&settings, &dir).await;
+    let result = if settings.idle_only {
+        idle_connections(&settings, &dir).await
+    } else {
+        measure(&settings, &dir).await
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let rows = result?;
     println!("\n| measure | jobhook | baseline | ratio | target |\n|---|---|---|---|---|");
@@ -867,6 +895,9 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
         format!("p50 {half_p50:.1}"),
         "< 20 ms",
     ));
+
+    // 1b. Ingest while thousands of connections that send nothing are held.
+    rows.extend(idle_connections(settings, dir).await?);
 
     // 2. Reading one job against a constant JSON of the same size.
     let job: Value = client
@@ -1019,4 +1050,125 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
         });
     }
     Ok(rows)
+}
+
+/// Webhook ingest while [`IDLE_CONNECTIONS`] connections that never send a byte are held on the
+/// public listener, against ingest on the same server without them, in interleaved rounds (the
+/// medians are reported); and the resident memory those connections take. The header timeout
+/// is raised to an hour so that they stay open for the whole measure.
+async fn idle_connections(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
+    let needed = (IDLE_CONNECTIONS + 1_000) as u64;
+    let limit = jobhook::http::serve::fd::open_file_limit().map_or(0, |l| l.soft);
+    anyhow::ensure!(
+        limit >= needed,
+        "the idle-connection figures need an open-file limit of at least {needed} (ulimit -n); it is {limit}"
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let db = dir.join("idle-connections.db");
+    let env = jobhook_env(
+        &db,
+        &[
+            ("JOBHOOK_SERVER_HEADER_TIMEOUT", "1h".to_owned()),
+            (
+                "JOBHOOK_SERVER_MAX_CONNECTIONS",
+                (IDLE_CONNECTIONS + 1_000).to_string(),
+            ),
+        ],
+    );
+    let server = Server::start(&["jobhook"], &env).await?;
+    wait_ready(&server.api).await;
+    let hook_url = webhook_url(&client, &server).await?;
+    let public = server.public.trim_start_matches("http://").to_owned();
+    let open = |client: reqwest::Client, api: String| async move {
+        let metrics = client
+            .get(format!("{api}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("jobhook_connections_open{listener=\"Public\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        anyhow::Ok(value as usize)
+    };
+    let until = |want: Box<dyn Fn(usize) -> bool + Send>| {
+        let client = client.clone();
+        let api = server.api.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let now_open = open(client.clone(), api.clone()).await?;
+                if want(now_open) {
+                    return anyhow::Ok(now_open);
+                }
+                anyhow::ensure!(Instant::now() < deadline, "{now_open} connections open");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut memory = Vec::new();
+    for round in 1..=settings.rounds {
+        let offset = 900_000_000 + round * 1_000_000;
+        let url = hook_url.clone();
+        let c = client.clone();
+        let bare = closed_loop(settings, move |n| {
+            c.post(&url).body(webhook_body(offset + n))
+        })
+        .await;
+        let before = open(client.clone(), server.api.clone()).await?;
+        let rss_before = rss_mb(server.pid());
+        let mut held = Vec::with_capacity(IDLE_CONNECTIONS);
+        for _ in 0..IDLE_CONNECTIONS {
+            held.push(tokio::net::TcpStream::connect(&public).await?);
+        }
+        until(Box::new(move |n| n >= before + IDLE_CONNECTIONS)).await?;
+        let rss_held = rss_mb(server.pid());
+        let url = hook_url.clone();
+        let c = client.clone();
+        let loaded = closed_loop(settings, move |n| {
+            c.post(&url).body(webhook_body(offset + 500_000 + n))
+        })
+        .await;
+        drop(held);
+        until(Box::new(move |n| n <= before)).await?;
+        eprintln!(
+            "bench: round {round}: ingest {:.0}/s without idle connections, {:.0}/s with \
+             {IDLE_CONNECTIONS} held; resident memory {rss_before:.1} MB, {rss_held:.1} MB with them",
+            bare.per_second, loaded.per_second
+        );
+        without.push(bare.per_second);
+        with.push(loaded.per_second);
+        memory.push(rss_held - rss_before);
+    }
+    server.stop().await;
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(|a, b| a.total_cmp(b));
+        values[values.len() / 2]
+    };
+    // The first round's cost: later rounds reuse what the allocator kept from the first.
+    let first_round_mb = memory[0];
+    Ok(vec![
+        Row::throughput(
+            "webhook ingest (req/s) with 5,000 idle connections held vs without, same server",
+            median(&mut with),
+            median(&mut without),
+            "≥ 0.90",
+        ),
+        Row::figure(
+            "resident memory taken by 5,000 idle connections (MB)",
+            format!("{first_round_mb:.1}"),
+            format!(
+                "{:.1} KB each",
+                first_round_mb * 1024.0 / IDLE_CONNECTIONS as f64
+            ),
+            "(context)",
+        ),
+    ])
 }

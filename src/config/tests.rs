@@ -20,6 +20,9 @@ fn defaults_match_the_spec() {
         assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(config.server.api_listen.to_string(), "127.0.0.1:8081");
         assert_eq!(config.server.body_limit.as_u64(), 256 * 1024);
+        assert_eq!(config.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.server.max_connections, None, "sized at start-up");
         assert_eq!(config.database.url, "sqlite://data/jobhook.db");
         assert!(config.pictory.verify_webhooks);
         assert_eq!(config.reconcile.grace, Duration::from_secs(120));
@@ -40,10 +43,12 @@ fn environment_overrides_the_file_and_splits_lists() {
         jail.set_env("JOBHOOK_RECONCILE_GRACE", "90s");
         jail.set_env("JOBHOOK_SERVER_BODY_LIMIT", "1MiB");
         jail.set_env("JOBHOOK_PICTORY_API_KEY", "12345");
+        jail.set_env("JOBHOOK_SERVER_HEADER_TIMEOUT", "2s");
+        jail.set_env("JOBHOOK_SERVER_MAX_CONNECTIONS", "500");
         let config = load_in(
             jail,
             &format!(
-                "[server]\napi_listen = \"127.0.0.1:7000\"\n[webhook]\nsecret = \"{SECRET}\"\n[reconcile]\ninterval = \"2m\"\n"
+                "[server]\napi_listen = \"127.0.0.1:7000\"\nidle_timeout = \"5m\"\nmax_connections = 100\n[webhook]\nsecret = \"{SECRET}\"\n[reconcile]\ninterval = \"2m\"\n"
             ),
         )
         .expect("loads");
@@ -58,6 +63,9 @@ fn environment_overrides_the_file_and_splits_lists() {
         assert_eq!(config.reconcile.grace, Duration::from_secs(90));
         assert_eq!(config.reconcile.interval, Duration::from_secs(120));
         assert_eq!(config.server.body_limit.as_u64(), 1024 * 1024);
+        assert_eq!(config.server.header_timeout, Duration::from_secs(2));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.server.max_connections, Some(500));
         assert_eq!(
             config.pictory.api_key.as_ref().map(|k| k.expose_secret()),
             Some("12345")
@@ -95,6 +103,15 @@ fn start_up_refusals_name_the_key() {
         assert!(message.contains("nonsense"), "{message}");
         let message = refusal(jail, &format!("{base}[reconcile]\ngrace = \"soon\"\n"));
         assert!(message.contains("reconcile.grace"), "{message}");
+        for (line, key) in [
+            ("header_timeout = \"0s\"", "server.header_timeout"),
+            ("idle_timeout = 0", "server.idle_timeout"),
+            ("max_connections = 0", "server.max_connections"),
+            ("max_connections = -1", "max_connections"),
+        ] {
+            let message = refusal(jail, &format!("{base}[server]\n{line}\n"));
+            assert!(message.contains(key), "{line}: {message}");
+        }
         Ok(())
     });
 }

@@ -4,6 +4,7 @@ pub mod api;
 pub mod error;
 pub mod extract;
 pub mod public;
+pub mod serve;
 
 use crate::metrics::{Listener, RequestLabels};
 use crate::state::AppState;

@@ -39,6 +39,7 @@ fn check_prints_effective_values_with_secrets_redacted() {
         .env("JOBHOOK_WEBHOOK_SECRET", SECRET)
         .env("JOBHOOK_PICTORY_API_KEY", "pictai_very_secret_key")
         .env("JOBHOOK_RECONCILE_RATE", "9")
+        .env("JOBHOOK_SERVER_HEADER_TIMEOUT", "3s")
         .output()
         .unwrap();
     assert!(
@@ -49,12 +50,18 @@ fn check_prints_effective_values_with_secrets_redacted() {
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(!printed.contains(SECRET) && !printed.contains("pictai_very_secret_key"));
     assert!(printed.contains("rate = 9"));
+    assert!(printed.contains("header_timeout = \"3s\""), "{printed}");
+    assert!(printed.contains("idle_timeout = \"1m\""), "{printed}");
+    assert!(
+        printed.contains("# server.max_connections is unset: each listener will hold at most"),
+        "{printed}"
+    );
     assert!(printed.contains("[redacted]"));
 }
 
 #[test]
 fn check_names_the_key_that_is_wrong() {
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let cases: [(&[(&str, &str)], &str); 5] = [
         (&[], "webhook.secret"),
         (&[("JOBHOOK_WEBHOOK_SECRET", "short")], "webhook.secret"),
         (
@@ -70,6 +77,13 @@ fn check_names_the_key_that_is_wrong() {
                 ("JOBHOOK_WEBHOOK_SIGNING_SECRETS", "whsec_***"),
             ],
             "webhook.signing_secrets",
+        ),
+        (
+            &[
+                ("JOBHOOK_WEBHOOK_SECRET", SECRET),
+                ("JOBHOOK_SERVER_HEADER_TIMEOUT", "0s"),
+            ],
+            "server.header_timeout",
         ),
     ];
     for (env, key) in cases {
@@ -130,6 +144,9 @@ fn the_example_config_documents_every_key_and_loads() {
         "api_listen",
         "public_url",
         "body_limit",
+        "header_timeout",
+        "idle_timeout",
+        "max_connections",
         "url",
         "base_url",
         "api_key",

@@ -11,6 +11,7 @@ mod crash;
 mod deliveries;
 mod faults;
 mod jobs;
+mod listener;
 mod listing;
 mod mock;
 mod notify;
