@@ -90,7 +90,12 @@ pub struct MockJob {
     pub state: MockState,
     pub get_calls: u32,
     pub credits: f64,
+    /// The job whose last frame this one's `firstFrameImageUrl` is (a continuation).
+    pub continues: Option<String>,
 }
+
+/// The host of the fake's output URLs.
+pub const CDN_HOST: &str = "cdn.pictory.example";
 
 /// One Get Job call as the fake saw it.
 #[derive(Debug, Clone)]
@@ -204,6 +209,7 @@ impl MockPictory {
             state,
             get_calls: 0,
             credits: 8.0,
+            continues: None,
         });
         job.state = state;
     }
@@ -258,6 +264,46 @@ impl MockPictory {
     /// The Get Job body for a job, exactly as Pictory documents it.
     pub fn job_body(&self, id: &str) -> Option<Value> {
         lock(&self.inner.jobs).get(id).map(body_of)
+    }
+
+    /// Which of the fake's jobs a `firstFrameImageUrl` is the last frame of (None for an image
+    /// elsewhere on the internet, which the real Pictory would fetch and the fake takes on
+    /// trust), or why Pictory could not fetch it: a loopback or private address (jobhook's own
+    /// URLs, say), or an image of the fake's that is no completed job's last frame.
+    fn first_frame_of(&self, url: &str) -> Result<Option<String>, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| "is not a URL".to_owned())?;
+        let host = parsed.host_str().unwrap_or_default();
+        let unreachable = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => {
+                ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+            }
+            Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+            Err(_) => {
+                host.is_empty()
+                    || host.eq_ignore_ascii_case("localhost")
+                    || host.ends_with(".localhost")
+            }
+        };
+        if unreachable {
+            return Err(format!(
+                "could not be downloaded: {} is not reachable from Pictory",
+                if host.is_empty() { "the host" } else { host }
+            ));
+        }
+        if parsed.host_str() != Some(CDN_HOST) {
+            return Ok(None);
+        }
+        let source = parsed
+            .path()
+            .strip_prefix('/')
+            .and_then(|path| path.strip_suffix("/last-frame.png"))
+            .filter(|id| {
+                lock(&self.inner.jobs)
+                    .get(*id)
+                    .is_some_and(|job| job.state == MockState::Completed)
+            })
+            .ok_or_else(|| "could not be downloaded: no such image".to_owned())?;
+        Ok(Some(source.to_owned()))
     }
 
     fn chance(&self, rate: f64) -> bool {
@@ -332,11 +378,11 @@ fn body_of(job: &MockJob) -> Value {
                 .unwrap_or("5s");
             json!({"job_id": id, "success": true, "data": {
                 "status": "completed",
-                "url": format!("https://cdn.pictory.example/{id}/video.mp4"),
+                "url": format!("https://{CDN_HOST}/{id}/video.mp4"),
                 "duration": duration, "width": 1280, "height": 720,
-                "thumbnailImageUrl": format!("https://cdn.pictory.example/{id}/thumbnail.jpg"),
-                "lastFrameImageUrl": format!("https://cdn.pictory.example/{id}/last-frame.png"),
-                "previewImageUrl": format!("https://cdn.pictory.example/{id}/preview.jpg"),
+                "thumbnailImageUrl": format!("https://{CDN_HOST}/{id}/thumbnail.jpg"),
+                "lastFrameImageUrl": format!("https://{CDN_HOST}/{id}/last-frame.png"),
+                "previewImageUrl": format!("https://{CDN_HOST}/{id}/preview.jpg"),
                 "aiCreditsUsed": job.credits}})
         }
         MockState::Failed => json!({"job_id": id, "success": false, "data": {
@@ -397,6 +443,22 @@ async fn generate(
         )
             .into_response();
     }
+    // Pictory fetches the first frame itself: the fake checks what it can of that.
+    let continues =
+        match request.get("firstFrameImageUrl").and_then(Value::as_str) {
+            None => None,
+            Some(url) => match mock.first_frame_of(url) {
+                Ok(source) => source,
+                Err(why) => return (
+                    StatusCode::BAD_REQUEST,
+                    Json(
+                        json!({"code": "INVALID_REQUEST_BODY", "message": "Invalid request body",
+                        "fields": [{"name": "firstFrameImageUrl", "errors": why}]}),
+                    ),
+                )
+                    .into_response(),
+            },
+        };
     let options = mock.options();
     if mock.chance(options.throttle_rate) {
         return throttled(options.retry_after_secs);
@@ -409,10 +471,13 @@ async fn generate(
         .map(str::to_owned);
     let job = MockJob {
         id: id.clone(),
-        credits: rules::credits(&request).unwrap_or(0.0),
+        // Pictory reports credits as decimals (1.6 credits/s x 8 s is 12.8, not the
+        // 12.800000000000001 the product gives in floating point).
+        credits: (rules::credits(&request).unwrap_or(0.0) * 1000.0).round() / 1000.0,
         request: Value::Object(request),
         state: MockState::InProgress,
         get_calls: 0,
+        continues,
     };
     lock(&mock.inner.jobs).insert(id.clone(), job);
     tokio::spawn(mock.clone().run_job(id.clone(), webhook));

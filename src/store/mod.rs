@@ -295,6 +295,10 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Job, StoreError>;
 
     /// A job by Pictory id or submission id.
+    ///
+    /// Every job a store returns carries its continuation links: `parent_pk` and `parent`
+    /// (the parent's Pictory id, else its submission id) and `children` (the ids of the jobs
+    /// recorded with this one as their parent, oldest first), read when the job is read.
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
     /// A job by its internal row id.
     async fn job_by_pk(&self, pk: i64) -> Result<Option<Job>, StoreError>;
@@ -307,6 +311,11 @@ pub trait Store: Send + Sync + 'static {
         cursor: Option<Cursor>,
         limit: u32,
     ) -> Result<Page<Job>, StoreError>;
+    /// The continuation tree `job_pk` belongs to: its first clip (reached by following
+    /// `parent_pk` up from `job_pk`), then depth first, the children of each job in the order
+    /// they were created (for a chain without branches: the clips in playback order). At most
+    /// `limit` jobs, from the first clip on. Empty when there is no such job.
+    async fn chain(&self, job_pk: i64, limit: u32) -> Result<Vec<Job>, StoreError>;
 
     async fn delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError>;
     async fn list_deliveries(
@@ -368,6 +377,10 @@ pub struct NewSubmission {
     pub request: Value,
     pub metadata: Option<Value>,
     pub idempotency: Option<IdempotencyKey>,
+    /// A continuation (`POST /v1/jobs/{id}/continue`): the row id of the `completed` job
+    /// whose last frame the request starts from. Recorded with the submission, never changed;
+    /// the parent then lists the new job among its `children`.
+    pub parent_pk: Option<i64>,
 }
 
 #[derive(Debug, Clone)]

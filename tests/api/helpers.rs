@@ -236,6 +236,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// POSTs JSON with an `Idempotency-Key` when one is given.
+    pub async fn post_keyed(&self, path: &str, body: &Value, key: Option<&str>) -> Response {
+        let mut request = self
+            .authorised(self.client.post(format!("{}{path}", self.api_url)))
+            .json(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send().await.unwrap()
+    }
+
     pub async fn post_empty(&self, path: &str) -> Response {
         self.authorised(self.client.post(format!("{}{path}", self.api_url)))
             .send()
@@ -604,6 +615,9 @@ impl Store for FaultyStore {
         limit: u32,
     ) -> Result<Page<Job>, StoreError> {
         self.inner.list_jobs(filter, cursor, limit).await
+    }
+    async fn chain(&self, job_pk: i64, limit: u32) -> Result<Vec<Job>, StoreError> {
+        self.inner.chain(job_pk, limit).await
     }
     async fn delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError> {
         self.inner.delivery(id).await

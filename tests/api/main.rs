@@ -7,6 +7,7 @@ mod helpers;
 mod hostile;
 
 mod cli;
+mod continuations;
 mod crash;
 mod deliveries;
 mod faults;
