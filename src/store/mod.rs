@@ -7,6 +7,7 @@ use serde_json::Value;
 
 mod cursor;
 pub mod sqlite;
+mod usage;
 
 /// How a store is opened, from `[database]`.
 #[derive(Debug, Clone)]
@@ -39,6 +40,7 @@ pub async fn open_with(
 }
 
 pub use cursor::Cursor;
+pub use usage::{UsageGroup, UsageGroupBy, UsageQuery, UsageRow};
 
 /// What [`Store::ingest_batch`] answers: one result per delivery, once the batch is durable.
 pub type BatchFuture =
@@ -168,6 +170,12 @@ pub struct Registered {
     pub created: bool,
 }
 
+/// Storage: jobs, their history, deliveries, the notification outbox, idempotency keys.
+///
+/// Usage bookkeeping (SPEC §12): every path that moves a job to `completed` or `failed` also
+/// records its [`UsageFacts`](crate::domain::usage::UsageFacts), in the same transaction and
+/// once per job, so that [`Store::usage`] never misses or double-counts a job and never has to
+/// read every job to answer. A write that leaves a job's status alone pays nothing for it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations.
@@ -327,6 +335,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops raw bodies received before `before`, at most `batch` of them. Returns how many.
     async fn prune_delivery_bodies(&self, before: i64, batch: u32) -> Result<u64, StoreError>;
+    /// Jobs, credits and video time of the jobs that became `completed` or `failed` in
+    /// `[query.from, query.to)`, per group, ordered by group (days and names ascending;
+    /// metadata values in the database's order, absent first). Sums are exact integers of the
+    /// recorded [`UsageFacts`](crate::domain::usage::UsageFacts); groups with no job are left
+    /// out. Must stay fast for a year of a million jobs (a summary kept per day, not a scan of
+    /// every job), except grouped by a metadata key, which may read each job of the range.
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
     /// Job counts by status, for metrics.
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError>;
     /// Jobs whose next poll is past due: how many, and the due time of the oldest.

@@ -9,28 +9,6 @@ fn clip(prompt: &str) -> Value {
 }
 
 impl TestApp {
-    /// Submits a video and has the fake complete it; returns the completed job.
-    async fn completed_video(&self, body: &Value) -> Value {
-        let response = self.post_json("/v1/videos", body).await;
-        assert_eq!(response.status(), 201);
-        let job: Value = response.json().await.unwrap();
-        self.complete(job["job_id"].as_str().unwrap()).await
-    }
-
-    /// Has the fake complete a job it runs and deliver its webhook; returns the final job.
-    async fn complete(&self, job_id: &str) -> Value {
-        self.mock().set_state(job_id, MockState::Completed);
-        let url = self.mock().job(job_id).unwrap().request["webhook"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let body = self.mock().job_body(job_id).unwrap();
-        assert_eq!(self.webhook_to(&url, body.to_string()).await.status(), 200);
-        let job = self.wait_final(job_id).await;
-        assert_eq!(job["status"], "completed");
-        job
-    }
-
     async fn continue_from(&self, id: &str, body: &Value, key: Option<&str>) -> reqwest::Response {
         self.post_keyed(&format!("/v1/jobs/{id}/continue"), body, key)
             .await

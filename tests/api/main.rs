@@ -24,5 +24,6 @@ mod soak;
 mod state_machine;
 mod storm;
 mod stream;
+mod usage;
 mod videos;
 mod webhooks;

@@ -81,6 +81,7 @@ async fn openapi_describes_every_route_of_the_private_listener() {
         "/v1/jobs/{id}/events",
         "/v1/jobs/{id}/continue",
         "/v1/jobs/{id}/chain",
+        "/v1/usage",
         "/v1/webhook-url",
         "/v1/deliveries",
         "/v1/deliveries/{id}",

@@ -6,6 +6,7 @@ pub mod events;
 pub mod jobs;
 pub mod notifications;
 pub mod ops;
+pub mod usage;
 pub mod videos;
 
 use crate::http::error::ApiError;
@@ -30,6 +31,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/jobs/{id}/chain", get(continuations::get_chain))
         .route("/v1/webhook-url", get(jobs::webhook_url))
         .route("/v1/videos", post(videos::submit_video))
+        .route("/v1/usage", get(usage::get_usage))
         .route("/v1/events", get(events::events))
         .route("/v1/notifications", get(notifications::list_notifications))
         .route(
@@ -89,7 +91,7 @@ async fn require_token(
     paths(
         jobs::register_job, jobs::list_jobs, jobs::get_job, jobs::get_raw, jobs::get_events,
         jobs::refresh_job, jobs::webhook_url, videos::submit_video,
-        continuations::continue_job, continuations::get_chain,
+        continuations::continue_job, continuations::get_chain, usage::get_usage,
         events::events, notifications::list_notifications, notifications::get_notification,
         notifications::retry_notification, notifications::list_endpoints,
         notifications::enable_endpoint, deliveries::list_deliveries, deliveries::get_delivery,

@@ -7,7 +7,7 @@ use super::{
     Attempt, AttemptOutcome, BatchFuture, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
     EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
     NotifyRoute, Page, PollRecord, Registered, RenderResponse, ReplayInput, Replayed, Store,
-    StoreError, StoreOptions, SubmitOutcome,
+    StoreError, StoreOptions, SubmitOutcome, UsageQuery, UsageRow,
 };
 use crate::domain::{Cause, Job, JobEvent, JobStatus};
 use async_trait::async_trait;
@@ -24,6 +24,7 @@ mod history;
 mod outbox;
 mod polls;
 mod rows;
+mod usage;
 mod webhooks;
 mod writer;
 
@@ -472,6 +473,10 @@ impl Store for SqliteStore {
                 )
             })
             .await
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        usage::usage(&self.reader, query).await
     }
 
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
