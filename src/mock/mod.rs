@@ -96,6 +96,9 @@ pub struct MockJob {
 
 /// The host of the fake's output URLs.
 pub const CDN_HOST: &str = "cdn.pictory.example";
+/// The account limits the fake's quota reports.
+pub const QUOTA_AI_CREDITS: f64 = 10_000.0;
+pub const QUOTA_VIDEO_MINUTES: f64 = 600.0;
 
 /// One Get Job call as the fake saw it.
 #[derive(Debug, Clone)]
@@ -121,6 +124,8 @@ struct Inner {
     get_calls: Mutex<Vec<GetCall>>,
     forced: Mutex<VecDeque<Forced>>,
     forced_generate: Mutex<VecDeque<Forced>>,
+    forced_quota: Mutex<VecDeque<Forced>>,
+    quota_calls: AtomicUsize,
     generate_calls: AtomicUsize,
     generate_attempts: AtomicUsize,
     /// Woken on every Generate request, for tests that must act while one is in flight.
@@ -149,6 +154,8 @@ impl MockPictory {
                 get_calls: Mutex::default(),
                 forced: Mutex::default(),
                 forced_generate: Mutex::default(),
+                forced_quota: Mutex::default(),
+                quota_calls: AtomicUsize::new(0),
                 generate_calls: AtomicUsize::new(0),
                 generate_attempts: AtomicUsize::new(0),
                 generate_seen: tokio::sync::Notify::new(),
@@ -167,6 +174,7 @@ impl MockPictory {
         Router::new()
             .route("/pictoryapis/v1/aistudio/videos", post(generate))
             .route("/pictoryapis/v1/jobs/{id}", get(get_job))
+            .route("/pictoryapis/v1/quota", get(quota))
             .route("/_mock/jobs", get(list_jobs))
             .route("/_mock/jobs/{id}", axum::routing::put(set_job))
             .with_state(self.clone())
@@ -222,6 +230,37 @@ impl MockPictory {
     /// Queues an exact answer for the next Generate Video call.
     pub fn force_next_generate(&self, forced: Forced) {
         lock(&self.inner.forced_generate).push_back(forced);
+    }
+
+    /// Queues an exact answer for the next quota call.
+    pub fn force_next_quota(&self, forced: Forced) {
+        lock(&self.inner.forced_quota).push_back(forced);
+    }
+
+    /// `GET /v1/quota` requests received, whatever the answer.
+    pub fn quota_calls(&self) -> usize {
+        self.inner.quota_calls.load(Ordering::SeqCst)
+    }
+
+    /// The quota body the fake serves: its own figures of the jobs it completed.
+    ///
+    /// Pictory documents only that `GET /v1/quota` "returns used and limit for video minutes and
+    /// AI credits"; the shape here is a guess in Pictory's usual envelope (`success`, `data`,
+    /// camelCase), so jobhook relays whatever comes and never reads it.
+    pub fn quota_body(&self) -> Value {
+        let (mut credits_milli, mut video_seconds) = (0i64, 0.0);
+        for job in lock(&self.inner.jobs).values() {
+            if job.state == MockState::Completed {
+                credits_milli += (job.credits * 1000.0).round() as i64;
+                video_seconds += duration_of(&job.request)
+                    .and_then(rules::seconds)
+                    .unwrap_or(0.0);
+            }
+        }
+        json!({"success": true, "data": {
+            "videoMinutes": {"used": (video_seconds / 60.0 * 100.0).round() / 100.0,
+                             "limit": QUOTA_VIDEO_MINUTES},
+            "aiCredits": {"used": credits_milli as f64 / 1000.0, "limit": QUOTA_AI_CREDITS}}})
     }
 
     pub fn job(&self, id: &str) -> Option<MockJob> {
@@ -364,6 +403,17 @@ impl MockPictory {
     }
 }
 
+/// The duration a request asked for, or its model's default.
+fn duration_of(request: &Value) -> Option<&str> {
+    request.get("duration").and_then(Value::as_str).or_else(|| {
+        let model = request
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or(rules::DEFAULT_MODEL);
+        rules::model(model).map(|m| m.durations[0])
+    })
+}
+
 fn body_of(job: &MockJob) -> Value {
     let id = &job.id;
     match job.state {
@@ -371,11 +421,7 @@ fn body_of(job: &MockJob) -> Value {
             json!({"job_id": id, "success": true, "data": {"status": "in-progress"}})
         }
         MockState::Completed => {
-            let duration = job
-                .request
-                .get("duration")
-                .and_then(Value::as_str)
-                .unwrap_or("5s");
+            let duration = duration_of(&job.request).unwrap_or("5s");
             json!({"job_id": id, "success": true, "data": {
                 "status": "completed",
                 "url": format!("https://{CDN_HOST}/{id}/video.mp4"),
@@ -542,6 +588,21 @@ fn answer_get_job(mock: &MockPictory, id: &str, headers: &HeaderMap) -> Response
         )
             .into_response(),
     }
+}
+
+async fn quota(State(mock): State<MockPictory>, headers: HeaderMap) -> Response {
+    mock.inner.quota_calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(response) = forced_answer(&mock.inner.forced_quota).await {
+        return response;
+    }
+    if !mock.authorised(&headers) {
+        return unauthorised();
+    }
+    let options = mock.options();
+    if mock.chance(options.throttle_rate) {
+        return throttled(options.retry_after_secs);
+    }
+    Json(mock.quota_body()).into_response()
 }
 
 async fn list_jobs(State(mock): State<MockPictory>) -> Json<Value> {

@@ -19,6 +19,7 @@ mod notify;
 mod on_time;
 mod ops;
 mod pictory;
+mod quota;
 mod reconcile;
 mod soak;
 mod state_machine;

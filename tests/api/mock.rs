@@ -137,6 +137,33 @@ async fn a_first_frame_must_be_one_pictory_can_fetch() {
 }
 
 #[tokio::test]
+async fn the_quota_reports_the_fakes_completed_jobs_to_a_pictory_key_only() {
+    let (mock, base) = fake(MockOptions::default()).await;
+    let client = reqwest::Client::new();
+    let refused = client.get(format!("{base}/v1/quota")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    mock.set_state("q1", jobhook::mock::MockState::Completed);
+    mock.set_state("q2", jobhook::mock::MockState::Failed);
+    let quota: Value = client
+        .get(format!("{base}/v1/quota"))
+        .header("authorization", "pictai_x")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // A scripted job costs 8 credits for a 5 s clip; the failed one costs nothing.
+    assert_eq!(
+        quota,
+        json!({"success": true, "data": {
+            "videoMinutes": {"used": 0.08, "limit": 600.0},
+            "aiCredits": {"used": 8.0, "limit": 10000.0}}})
+    );
+    assert_eq!(mock.quota_calls(), 2);
+}
+
+#[tokio::test]
 async fn throttling_and_errors_follow_their_rates() {
     let (mock, base) = fake(MockOptions {
         throttle_rate: 1.0,

@@ -82,6 +82,7 @@ async fn openapi_describes_every_route_of_the_private_listener() {
         "/v1/jobs/{id}/continue",
         "/v1/jobs/{id}/chain",
         "/v1/usage",
+        "/v1/quota",
         "/v1/webhook-url",
         "/v1/deliveries",
         "/v1/deliveries/{id}",

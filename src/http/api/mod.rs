@@ -6,6 +6,7 @@ pub mod events;
 pub mod jobs;
 pub mod notifications;
 pub mod ops;
+pub mod quota;
 pub mod usage;
 pub mod videos;
 
@@ -32,6 +33,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/webhook-url", get(jobs::webhook_url))
         .route("/v1/videos", post(videos::submit_video))
         .route("/v1/usage", get(usage::get_usage))
+        .route("/v1/quota", get(quota::get_quota))
         .route("/v1/events", get(events::events))
         .route("/v1/notifications", get(notifications::list_notifications))
         .route(
@@ -92,6 +94,7 @@ async fn require_token(
         jobs::register_job, jobs::list_jobs, jobs::get_job, jobs::get_raw, jobs::get_events,
         jobs::refresh_job, jobs::webhook_url, videos::submit_video,
         continuations::continue_job, continuations::get_chain, usage::get_usage,
+        quota::get_quota,
         events::events, notifications::list_notifications, notifications::get_notification,
         notifications::retry_notification, notifications::list_endpoints,
         notifications::enable_endpoint, deliveries::list_deliveries, deliveries::get_delivery,
