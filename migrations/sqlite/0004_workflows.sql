@@ -6,14 +6,13 @@ ALTER TABLE jobs ADD COLUMN parent_pk INTEGER REFERENCES jobs (id);
 CREATE INDEX jobs_by_parent ON jobs (parent_pk, id) WHERE parent_pk IS NOT NULL;
 
 -- What each job that became `completed` or `failed` cost, written in the transaction of that
--- status change (once per job: `job_pk` is unique). Credits are integer milli-credits and
+-- status change (once per job: the row id is the job's). Credits are integer milli-credits and
 -- durations integer milliseconds, so sums are exact (12.8 + 12.8 + 12.8 is 38.4, not the
 -- 38.400000000000006 that summing floating point gives). `at` is the job's `completed_at`.
 -- `metadata` is the job's own (it never changes), kept here so that grouping by a metadata
 -- key reads this narrow table and not the job rows with their outputs and raw answers.
 CREATE TABLE job_usage (
-    id            INTEGER PRIMARY KEY,
-    job_pk        INTEGER NOT NULL UNIQUE REFERENCES jobs (id),
+    job_pk        INTEGER PRIMARY KEY REFERENCES jobs (id),
     at            INTEGER NOT NULL,
     model         TEXT NOT NULL,
     status        TEXT NOT NULL,

@@ -45,7 +45,10 @@ const SET_BY_JOBHOOK: [&str; 4] = [
     responses(
         (status = 201, description = "Pictory created the next clip; its `parent` is the job continued", body = JobView),
         (status = 202, description = "Outcome unknown (submit_unknown); never retried automatically", body = JobView),
+        (status = 400, description = "Malformed JSON, or an Idempotency-Key that is not 1 to 255 visible characters", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "The job is not tracked", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody),
         (status = 409, description = "The job is not completed or has no last frame; receive-only mode; \
             or the key's first request is still running", body = ErrorBody),
         (status = 422, description = "Invalid request, upstream_rejected, or the key was used with another body", body = ErrorBody),
