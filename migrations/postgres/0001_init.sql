@@ -31,6 +31,9 @@ CREATE TABLE jobs (
     -- the process holding the lease: it holds advisory lock (LEASE_CLASS, lease_owner) for as
     -- long as it lives, so a lease whose owner holds no such lock was left by a dead process
     lease_owner         BIGINT,
+    -- the process making this submission's Generate call (as lease_owner): a submission left
+    -- `submitting` by a process that is gone becomes submit_unknown; a live replica's is its own
+    submit_owner        BIGINT,
     -- id of the newest history entry: orders "newest change first"
     seq                 BIGINT NOT NULL DEFAULT 0,
     CHECK (job_id IS NOT NULL OR submission_id IS NOT NULL)

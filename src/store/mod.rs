@@ -259,7 +259,9 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<Job, StoreError>;
     /// Submissions left `submitting` (made before `created_before`) may or may not have reached
-    /// Pictory, so they become `submit_unknown` (never retried). Returns them.
+    /// Pictory, so they become `submit_unknown` (never retried). Returns them. On a shared
+    /// database (PostgreSQL) only the submissions of processes that are gone: a live replica's
+    /// call is still in flight.
     async fn recover_submissions(
         &self,
         render: std::sync::Arc<RenderResponse>,

@@ -225,7 +225,9 @@ fn the_demo_runs_offline_and_ends_with_a_summary() {
 #[tokio::test]
 async fn replicas_migrating_at_once_apply_each_migration_once() {
     if crate::helpers::postgres_server().is_none() {
-        eprintln!("PostgreSQL only: SQLite has one process per database file");
+        crate::helpers::say_skipped(
+            "skipped on SQLite: PostgreSQL only (one process owns a SQLite database)",
+        );
         return;
     }
     let db = crate::helpers::TestDb::fresh().await;

@@ -359,11 +359,18 @@ pub fn postgres_server() -> Option<String> {
 /// SQLite has; the test then returns early.
 pub fn skip_on_postgres(why: &str) -> bool {
     if postgres_server().is_some() {
-        eprintln!("skipped on PostgreSQL: {why}");
+        say_skipped(&format!("skipped on PostgreSQL: {why}"));
         true
     } else {
         false
     }
+}
+
+/// Prints why a test did nothing on this backend, past the test harness's capture of
+/// `eprintln!` (which would hide it for a passing test), so the run's log shows it.
+pub fn say_skipped(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{why}");
 }
 
 /// One test's database: a SQLite file in a temporary directory, or a PostgreSQL database of its

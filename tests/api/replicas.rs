@@ -23,7 +23,7 @@ async fn two_replicas() -> (TestApp, TestApp) {
 
 fn postgres_only() -> bool {
     if postgres_server().is_none() {
-        eprintln!("PostgreSQL only: on SQLite one process owns the database");
+        say_skipped("skipped on SQLite: PostgreSQL only (one process owns a SQLite database)");
         return false;
     }
     true
@@ -300,6 +300,65 @@ async fn start_up_frees_the_leases_of_a_replica_that_died_but_never_of_a_live_on
             .len(),
         4
     );
+    for store in [live, starting] {
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn start_up_gives_up_the_submissions_of_a_replica_that_died_but_never_of_a_live_one() {
+    use jobhook::store::{Begun, NewSubmission};
+    if !postgres_only() {
+        return;
+    }
+    let db = TestDb::fresh().await;
+    let live = store::open(&db.url).await.unwrap();
+    live.migrate().await.unwrap();
+    let dying = store::open(&db.url).await.unwrap();
+    let submit = |store: Arc<dyn Store>, id: &'static str| async move {
+        let submission = NewSubmission {
+            submission_id: id.to_owned(),
+            request: serde_json::json!({"prompt": id}),
+            metadata: None,
+            idempotency: None,
+        };
+        let begun = store.begin_submission(submission, START_MS).await.unwrap();
+        assert!(matches!(begun, Begun::Started(_)));
+    };
+    submit(live.clone(), "in-flight-on-a-live-replica").await;
+    submit(dying.clone(), "in-flight-on-a-dying-replica").await;
+    let render: Arc<jobhook::store::RenderResponse> = Arc::new(|_| (202, "{}".to_owned()));
+
+    let starting = store::open(&db.url).await.unwrap();
+    let recovered = starting
+        .recover_submissions(render.clone(), i64::MAX, START_MS + 1)
+        .await
+        .unwrap();
+    assert!(
+        recovered.is_empty(),
+        "both Generate calls are still in flight"
+    );
+
+    dying.close().await;
+    let mut recovered = Vec::new();
+    for _ in 0..100 {
+        recovered = starting
+            .recover_submissions(render.clone(), i64::MAX, START_MS + 2)
+            .await
+            .unwrap();
+        if !recovered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids: Vec<_> = recovered.iter().map(|j| j.submission_id.clone()).collect();
+    assert_eq!(ids, [Some("in-flight-on-a-dying-replica".to_owned())]);
+    let kept = starting
+        .job("in-flight-on-a-live-replica")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.status.as_str(), "submitting");
     for store in [live, starting] {
         store.close().await;
     }

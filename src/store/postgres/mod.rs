@@ -346,13 +346,14 @@ impl Store for PgStore {
         }
         let pk: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (submission_id, status, request, metadata, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
+             updated_at, submit_owner) VALUES ($1, $2, $3, $4, $5, $5, $6) RETURNING id",
         )
         .bind(&submission.submission_id)
         .bind(JobStatus::Submitting.as_str())
         .bind(submission.request.to_string())
         .bind(submission.metadata.as_ref().map(Value::to_string))
         .bind(now)
+        .bind(self.owner_number)
         .fetch_one(tx.db())
         .await?;
         let mut detail = json!({"cause": "api"});
@@ -415,12 +416,16 @@ impl Store for PgStore {
         created_before: i64,
         now: i64,
     ) -> Result<Vec<Job>, StoreError> {
+        // Only submissions whose process is gone: a live replica's Generate call is still in
+        // flight, and that replica records how it ends.
         let mut tx = self.begin().await?;
-        let stuck: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE status = $1 AND created_at < $2 ORDER BY id",
-        )
+        let stuck: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE status = $1 AND created_at < $2 AND {} ORDER BY id",
+            leases::owner_gone("submit_owner", "$3")
+        ))
         .bind(JobStatus::Submitting.as_str())
         .bind(created_before)
+        .bind(i64::from(leases::LEASE_CLASS))
         .fetch_all(tx.db())
         .await?;
         let mut recovered = Vec::with_capacity(stuck.len());
@@ -845,6 +850,9 @@ impl Store for PgStore {
     }
 
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        if !storable(id) {
+            return Ok(None);
+        }
         let row = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 \
              UNION ALL SELECT {JOB_COLUMNS} FROM jobs WHERE submission_id = $1 LIMIT 1"
@@ -995,6 +1003,12 @@ impl Store for PgStore {
             query.push(" AND d.id < ").push_bind(cursor.position);
         }
         if let Some(job) = &filter.job {
+            if !storable(job) {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next: None,
+                });
+            }
             query
                 .push(" AND d.job_pk = (SELECT id FROM jobs WHERE job_id = ")
                 .push_bind(job.clone())
@@ -1051,6 +1065,12 @@ impl Store for PgStore {
         .await?;
         Ok(row)
     }
+}
+
+/// Whether PostgreSQL can hold `text` at all: TEXT refuses the NUL character, so an id with one
+/// names no stored row (ids written by jobhook are checked for control characters first).
+fn storable(text: &str) -> bool {
+    !text.contains('\0')
 }
 
 /// A page of rows fetched newest first with one row more than `limit` (see the SQLite store).
