@@ -93,6 +93,71 @@ async fn the_event_stream_on_one_replica_carries_changes_made_on_another_and_res
     assert_eq!(resumed.job_status().1, "completed");
 }
 
+#[tokio::test]
+async fn a_change_made_while_a_replicas_listener_is_cut_off_still_reaches_it() {
+    if !postgres_only() {
+        return;
+    }
+    let (a, b) = two_replicas().await;
+    a.register("cut-off-1").await;
+    let waiting = {
+        let client = a.client.clone();
+        let url = format!("{}/v1/jobs/cut-off-1?wait=20s", a.api_url);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let job: Value = client
+                .get(url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (job, started.elapsed())
+        })
+    };
+    a.wait_for_long_polls(1).await;
+    // For half a second the server ends every listening connection on this database as soon
+    // as it is back, and B commits in the middle of it: its announcement goes out while A's
+    // listener is (almost surely) away, so only the floor under it can bring the change.
+    let url = a.db.url.clone();
+    let cutting = tokio::spawn(async move {
+        use sqlx::Connection as _;
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut cut = 0;
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            let ended: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND datname = current_database()) AS ended",
+            )
+            .bind(jobhook::store::postgres::LISTENER_NAME)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            cut += ended;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        admin.close().await.unwrap();
+        cut
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        b.webhook(completed_body("cut-off-1").to_string())
+            .await
+            .status(),
+        200
+    );
+    assert!(cutting.await.unwrap() >= 2, "the listeners were cut off");
+    let (job, waited) = waiting.await.unwrap();
+    assert_eq!(job["status"], "completed", "{job}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "heard after the listener came back, not at the end of the wait: {waited:?}"
+    );
+}
+
 /// Installs a trigger that sleeps a random 0-20 ms after each history entry is inserted: the
 /// transaction that drew an id then takes a while to commit, which is when a later id could
 /// commit first.

@@ -49,6 +49,8 @@ use write::Tx;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The `application_name` of each replica's listening connection (as `pg_stat_activity` shows).
+pub const LISTENER_NAME: &str = "jobhook-listener";
 /// Longest wait for a pooled connection before a request fails (and answers 503).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -91,7 +93,7 @@ impl PgStore {
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(connect);
+            .connect_lazy_with(connect.application_name(LISTENER_NAME));
         let (batches, queued) = mpsc::unbounded_channel();
         let store = PgStore {
             batches,
