@@ -1,4 +1,5 @@
-//! jobhook's integration tests: one binary, real sockets, a fresh SQLite file per test.
+//! jobhook's integration tests: one binary, real sockets, a fresh database per test (SQLite, or
+//! PostgreSQL when `JOBHOOK_TEST_POSTGRES` is set; see `helpers::TestDb`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,6 +20,7 @@ mod on_time;
 mod ops;
 mod pictory;
 mod reconcile;
+mod replicas;
 mod soak;
 mod state_machine;
 mod storm;
