@@ -51,10 +51,16 @@ fn interpolate(value: &str) -> String {
     } else {
         user_value(inner).to_owned()
     };
-    format!("{}{replaced}{}", &value[..start], interpolate(&value[end + 1..]))
+    format!(
+        "{}{replaced}{}",
+        &value[..start],
+        interpolate(&value[end + 1..])
+    )
 }
 
 /// Loads and validates the configuration `environment` gives jobhook.
+// figment's Jail returns its own large error type; boxing it would only obscure the test.
+#[allow(clippy::result_large_err)]
 fn config_from(environment: &BTreeMap<String, String>) -> Config {
     let mut loaded = None;
     Jail::expect_with(|jail| {
@@ -73,7 +79,11 @@ fn config_from(environment: &BTreeMap<String, String>) -> Config {
 fn compose_runs_two_replicas_on_postgres_with_a_valid_configuration() {
     let compose = compose();
     let services = jobhook_services(&compose);
-    assert!(services.len() >= 2, "several replicas: {:?}", services.keys());
+    assert!(
+        services.len() >= 2,
+        "several replicas: {:?}",
+        services.keys()
+    );
     for (name, service) in &services {
         let environment: BTreeMap<String, String> = service["environment"]
             .as_object()
@@ -131,7 +141,10 @@ fn the_load_balancer_sends_both_listeners_to_every_replica() {
     // A delivery a replica could not store is retried on another (safe: duplicates are
     // stored once), which nginx does for a POST only when told so.
     assert!(nginx.contains("non_idempotent"));
-    assert!(nginx.contains("proxy_buffering off"), "long-polls and streams");
+    assert!(
+        nginx.contains("proxy_buffering off"),
+        "long-polls and streams"
+    );
 }
 
 #[test]

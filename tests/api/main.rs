@@ -10,6 +10,7 @@ mod hostile;
 mod cli;
 mod crash;
 mod deliveries;
+mod deploy;
 mod faults;
 mod jobs;
 mod listener;
