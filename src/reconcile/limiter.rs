@@ -195,7 +195,10 @@ mod tests {
             now = limiter.free_at(now) + 1;
         }
         let elapsed = calls.last().unwrap() - calls.first().unwrap();
-        assert!(elapsed <= 10_100, "2,000 calls took {elapsed} ms, not ~10 s");
+        assert!(
+            elapsed <= 10_100,
+            "2,000 calls took {elapsed} ms, not ~10 s"
+        );
         assert!(busiest_window(&calls) <= 200);
         assert!(calls.windows(2).all(|w| w[1] - w[0] >= 5 - LATENESS_MS));
     }
