@@ -1,5 +1,6 @@
 //! Running the service: both listeners and the background tasks, under one shutdown signal.
 
+use crate::changes::Changes;
 use crate::config::Config;
 use crate::domain::time::Clock;
 use crate::http::api::videos::render_response;
@@ -10,7 +11,7 @@ use crate::metrics::Listener;
 use crate::notify::Notifier;
 use crate::reconcile::Reconciler;
 use crate::state::AppState;
-use crate::store::{NotifyRoute, Store};
+use crate::store::{NotifyRoute, OthersChanges, Store};
 use crate::{retention, store};
 use anyhow::Context as _;
 use std::future::Future;
@@ -121,7 +122,8 @@ impl Service {
             .set_notify_routes(&routes)
             .await
             .context("cannot store the notification routes")?;
-        // SQLite has one process: whatever a poller or notifier held when it died is due now.
+        // Leases a dead process left: on SQLite (one process) all of them are due now; on
+        // PostgreSQL only expired ones are freed, since a live replica may hold the others.
         let released = store
             .release_leases(clock.now_ms())
             .await
@@ -133,6 +135,20 @@ impl Service {
             );
         }
         let state = AppState::new(config, store, clock)?;
+        // Other replicas' changes reach this one's long-polls, event streams, cache and
+        // reconciler as if they had been made here. Listening starts before start() returns.
+        if let Some(others) = state
+            .store
+            .watch_others()
+            .await
+            .context("cannot listen for other replicas' changes")?
+        {
+            tokio::spawn(relay_others(
+                others,
+                state.store.clone(),
+                state.changes.clone(),
+            ));
+        }
         // A crash mid-submission leaves records whose Generate call may have reached Pictory.
         let recovered = state
             .store
@@ -230,6 +246,33 @@ impl Service {
         store.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Publishes, in this process, the jobs other processes changed: re-read, then announced as
+/// every local write announces its job. Ends when the store closes.
+async fn relay_others(mut others: OthersChanges, store: Arc<dyn Store>, changes: Changes) {
+    const TRIES: u32 = 10;
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+    while let Some(pks) = others.recv().await {
+        for pk in pks {
+            for attempt in 1..=TRIES {
+                match store.job_by_pk(pk).await {
+                    Ok(Some(job)) => changes.publish(&job),
+                    Ok(None) => {}
+                    // The database is away for a moment: this change must still be heard.
+                    Err(err) if attempt < TRIES => {
+                        tracing::debug!(error = %err, pk, "cannot read a changed job yet");
+                        tokio::time::sleep(PAUSE).await;
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, pk, "cannot read a job another replica changed")
+                    }
+                }
+                break;
+            }
+        }
     }
 }
 

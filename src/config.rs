@@ -70,6 +70,8 @@ pub struct DatabaseConfig {
     pub url: String,
     /// SQLite: the write-ahead log is checkpointed into the database past this size.
     pub wal_limit: ByteSize,
+    /// PostgreSQL: most connections one replica opens (plus one that listens for changes).
+    pub pool_size: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -77,6 +79,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "sqlite://data/jobhook.db".to_owned(),
             wal_limit: ByteSize::mib(64),
+            pool_size: 10,
         }
     }
 }
@@ -85,6 +88,7 @@ impl DatabaseConfig {
     pub fn store_options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
             wal_limit: self.wal_limit.as_u64(),
+            pool_size: self.pool_size,
         }
     }
 }
@@ -354,11 +358,14 @@ impl Config {
                 "must be at least 1 (leave it unset to size it from the open-file limit)",
             ));
         }
-        if !(self.database.url.starts_with("sqlite:")) {
+        if crate::store::Backend::of_url(&self.database.url).is_none() {
             return Err(invalid(
                 "database.url",
-                "must be sqlite://PATH (PostgreSQL support is not built into this version)",
+                "must be sqlite://PATH, postgres://... or postgresql://...",
             ));
+        }
+        if !(1..=1000).contains(&self.database.pool_size) {
+            return Err(invalid("database.pool_size", "must be between 1 and 1000"));
         }
         if let Some(key) = &self.pictory.api_key {
             if key.expose_secret().trim().is_empty() {
@@ -430,10 +437,14 @@ impl Config {
 }
 
 /// `JOBHOOK_SERVER_API_LISTEN` is key `api_listen` of section `server`: the first underscore
-/// separates the section, the rest belongs to the key.
+/// separates the section, the rest belongs to the key. `JOBHOOK_CONFIG` names the file, and
+/// `JOBHOOK_TEST_*` belongs to jobhook's own test suite (`JOBHOOK_TEST_POSTGRES`): not keys.
 fn environment() -> Env {
     Env::prefixed("JOBHOOK_")
-        .filter(|key| !key.as_str().eq_ignore_ascii_case("config"))
+        .filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            key != "config" && !key.starts_with("test_")
+        })
         .map(|key| match key.as_str().split_once('_') {
             Some((section, rest)) => format!("{section}.{rest}").into(),
             None => key.as_str().to_owned().into(),

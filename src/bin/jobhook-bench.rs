@@ -508,6 +508,7 @@ async fn log_bytes_per_webhook(dir: &Path) -> anyhow::Result<(f64, f64)> {
         let db = dir.join(format!("log-bytes-{name}.db"));
         let options = jobhook::store::StoreOptions {
             wal_limit: u64::MAX,
+            ..Default::default()
         };
         let store =
             jobhook::store::open_with(&format!("sqlite://{}", db.display()), &options).await?;

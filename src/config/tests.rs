@@ -194,3 +194,33 @@ fn an_endpoint_listed_twice_is_refused() {
         Ok(())
     });
 }
+
+#[test]
+fn database_urls_of_both_backends_are_accepted_and_pool_size_is_checked() {
+    Jail::expect_with(|jail| {
+        jail.set_env("JOBHOOK_WEBHOOK_SECRET", SECRET);
+        for url in [
+            "sqlite://data/x.db",
+            "postgres://jobhook:pw@db.internal:5432/jobhook?sslmode=require",
+            "postgresql://db/jobhook",
+        ] {
+            jail.set_env("JOBHOOK_DATABASE_URL", url);
+            let config = Config::load(None).expect("accepted");
+            assert_eq!(config.database.url, url);
+            assert_eq!(config.database.pool_size, 10);
+        }
+        jail.set_env("JOBHOOK_DATABASE_URL", "mysql://db/jobhook");
+        let refused = Config::load(None).expect_err("mysql is refused");
+        assert!(refused.to_string().contains("database.url"), "{refused}");
+        jail.set_env("JOBHOOK_DATABASE_URL", "postgres://db/jobhook");
+        jail.set_env("JOBHOOK_DATABASE_POOL_SIZE", "25");
+        assert_eq!(Config::load(None).expect("loads").database.pool_size, 25);
+        jail.set_env("JOBHOOK_DATABASE_POOL_SIZE", "0");
+        let refused = Config::load(None).expect_err("an empty pool is refused");
+        assert!(
+            refused.to_string().contains("database.pool_size"),
+            "{refused}"
+        );
+        Ok(())
+    });
+}

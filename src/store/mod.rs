@@ -5,7 +5,9 @@ use crate::pictory::{JobError, ReportedState};
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub(crate) mod common;
 mod cursor;
+pub mod postgres;
 pub mod sqlite;
 mod usage;
 
@@ -14,12 +16,34 @@ mod usage;
 pub struct StoreOptions {
     /// SQLite: the write-ahead log is checkpointed and truncated past this many bytes.
     pub wal_limit: u64,
+    /// PostgreSQL: most connections this process opens (the change listener has one more).
+    pub pool_size: u32,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             wal_limit: 64 * 1024 * 1024,
+            pool_size: 10,
+        }
+    }
+}
+
+/// Which database a `database.url` names, by its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
         }
     }
 }
@@ -34,13 +58,25 @@ pub async fn open_with(
     url: &str,
     options: &StoreOptions,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    Ok(std::sync::Arc::new(
-        sqlite::SqliteStore::open(url, options).await?,
-    ))
+    match Backend::of_url(url) {
+        Some(Backend::Sqlite) => Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::open(url, options).await?,
+        )),
+        Some(Backend::Postgres) => Ok(std::sync::Arc::new(
+            postgres::PgStore::open(url, options).await?,
+        )),
+        None => Err(StoreError::Corrupt(format!(
+            "database.url must start with sqlite://, postgres:// or postgresql://, not {:?}",
+            url.split(':').next().unwrap_or_default()
+        ))),
+    }
 }
 
 pub use cursor::Cursor;
 pub use usage::{UsageGroup, UsageGroupBy, UsageQuery, UsageRow};
+
+/// What [`Store::watch_others`] gives: batches of pks of jobs other processes changed.
+pub type OthersChanges = tokio::sync::mpsc::Receiver<Vec<i64>>;
 
 /// What [`Store::ingest_batch`] answers: one result per delivery, once the batch is durable.
 pub type BatchFuture =
@@ -231,7 +267,9 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<Job, StoreError>;
     /// Submissions left `submitting` (made before `created_before`) may or may not have reached
-    /// Pictory, so they become `submit_unknown` (never retried). Returns them.
+    /// Pictory, so they become `submit_unknown` (never retried). Returns them. On a shared
+    /// database (PostgreSQL) only the submissions of processes that are gone: a live replica's
+    /// call is still in flight.
     async fn recover_submissions(
         &self,
         render: std::sync::Arc<RenderResponse>,
@@ -241,11 +279,21 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets idempotency keys made before `before`.
     async fn prune_idempotency_keys(&self, before: i64) -> Result<u64, StoreError>;
 
-    /// At start-up of the only process using the database: work leased by a process that died
-    /// is due again now instead of when its lease would have run out. Returns how many.
+    /// At start-up: frees the leases (polls and notification attempts) a process that died
+    /// left behind. Returns how many. On a database only this process uses (SQLite) that is
+    /// every lease, due again now instead of when it would have run out. On a shared database
+    /// (PostgreSQL) a lease may belong to a live replica, which keeps it: only the leases of
+    /// processes that are gone (due again now) and those already expired at `now` are freed.
+    /// (A claim takes a job whose lease has expired in any case, so a killed replica's polls
+    /// are made by the others.)
     async fn release_leases(&self, now: i64) -> Result<u64, StoreError>;
     /// Gives back jobs claimed by [`Store::claim_due`] that no call was made for: due at `now`.
     async fn release_claims(&self, pks: &[i64], now: i64) -> Result<(), StoreError>;
+    /// Jobs that other processes sharing the database change, as they commit: batches of job
+    /// pks, coalesced over bursts. Listening has begun when this returns, and the stream ends
+    /// when the store is closed. None when no other process writes the database (SQLite).
+    /// (No default: a wrapper that forgot to forward it would silently deafen a replica.)
+    async fn watch_others(&self) -> Result<Option<OthersChanges>, StoreError>;
     /// The id of the newest status change (0 when there is none).
     async fn latest_change_id(&self) -> Result<i64, StoreError>;
     /// Status changes after `after`, oldest first.

@@ -148,6 +148,7 @@ fn the_example_config_documents_every_key_and_loads() {
         "idle_timeout",
         "max_connections",
         "url",
+        "pool_size",
         "base_url",
         "api_key",
         "verify_webhooks",
@@ -287,4 +288,48 @@ fn the_demo_runs_offline_and_ends_with_a_summary() {
     }
     assert_eq!(table[3][0], "total");
     assert!(stdout.contains("24 jobs:"));
+}
+
+#[tokio::test]
+async fn replicas_migrating_at_once_apply_each_migration_once() {
+    if crate::helpers::postgres_server().is_none() {
+        crate::helpers::say_skipped(
+            "skipped on SQLite: PostgreSQL only (one process owns a SQLite database)",
+        );
+        return;
+    }
+    let db = crate::helpers::TestDb::fresh().await;
+    let migrating: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::process::Command::from(jobhook())
+                .arg("migrate")
+                .env("JOBHOOK_WEBHOOK_SECRET", SECRET)
+                .env("JOBHOOK_DATABASE_URL", &db.url)
+                .output()
+        })
+        .collect();
+    for output in futures::future::join_all(migrating).await {
+        let output = output.unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    use sqlx::Connection as _;
+    let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        versions.len(),
+        shipped,
+        "each migration applied once: {versions:?}"
+    );
+    connection.close().await.unwrap();
 }

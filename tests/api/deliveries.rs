@@ -141,8 +141,8 @@ async fn retention_prunes_old_bodies_in_batches_but_keeps_jobs_history_and_what_
     use jobhook::state::AppState;
     use std::sync::Arc;
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(&dir.path().join("r.db"));
+    let db = TestDb::fresh().await;
+    let config = test_config(&db);
     let store = jobhook::store::open(&config.database.url).await.unwrap();
     store.migrate().await.unwrap();
     let day = 86_400_000;

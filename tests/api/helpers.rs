@@ -1,4 +1,8 @@
-//! `spawn_app()`: a real jobhook on two loopback ports with a fresh SQLite file, and a client for it.
+//! `spawn_app()`: a real jobhook on two loopback ports with a fresh database, and a client for it.
+//!
+//! The database is a SQLite file in a temporary directory, or, when `JOBHOOK_TEST_POSTGRES`
+//! names a PostgreSQL server (`postgres://postgres@127.0.0.1:5432`), a database of its own on
+//! that server, created for the test and dropped after it (see [`TestDb`]).
 
 use async_trait::async_trait;
 use jobhook::app::{Listeners, Service};
@@ -10,13 +14,13 @@ use jobhook::state::AppState;
 use jobhook::store::{
     self, Attempt, BatchFuture, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
     EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
-    NotifyRoute, Page, PollRecord, Registered, RenderResponse, ReplayInput, Replayed, Store,
-    StoreError, SubmitOutcome, UsageQuery, UsageRow,
+    NotifyRoute, OthersChanges, Page, PollRecord, Registered, RenderResponse, ReplayInput,
+    Replayed, Store, StoreError, SubmitOutcome, UsageQuery, UsageRow,
 };
 use reqwest::{Client, Response};
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tempfile::TempDir;
@@ -35,7 +39,8 @@ pub struct TestApp {
     pub client: Client,
     pub clock: ManualClock,
     pub faults: Arc<Faults>,
-    pub db_path: PathBuf,
+    /// The database, kept (and for PostgreSQL not dropped) while the app lives.
+    pub db: TestDb,
     /// The running service's state (to wake the reconciler, read metrics).
     pub state: AppState,
     /// The fake Pictory, when the app was started with one.
@@ -45,14 +50,13 @@ pub struct TestApp {
     token: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
-    _dir: Option<TempDir>,
 }
 
 /// Options for [`spawn`].
 pub struct Options {
     pub configure: Box<dyn FnOnce(&mut Config) + Send>,
-    /// Reuse this database file instead of a fresh one.
-    pub db: Option<(PathBuf, Option<TempDir>)>,
+    /// Use this database instead of a fresh one.
+    pub db: Option<TestDb>,
     /// Put a fake Pictory upstream (and an API key in the config).
     pub pictory: Option<MockOptions>,
     /// Continue this clock (restarts).
@@ -70,13 +74,13 @@ impl Options {
     }
 }
 
-pub fn test_config(db_path: &std::path::Path) -> Config {
+pub fn test_config(db: &TestDb) -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.api_listen = "127.0.0.1:0".parse().unwrap();
     config.webhook.secret = Some(SecretString::from(SECRET));
     config.api.tokens = vec![SecretString::from(TOKEN)];
-    config.database.url = format!("sqlite://{}", db_path.display());
+    config.database.url = db.url.clone();
     config
 }
 
@@ -98,14 +102,11 @@ pub async fn spawn_app_with_pictory(
 }
 
 pub async fn spawn(options: Options) -> TestApp {
-    let (db_path, dir) = match options.db {
+    let db = match options.db {
         Some(db) => db,
-        None => {
-            let dir = tempfile::tempdir().unwrap();
-            (dir.path().join("jobhook.db"), Some(dir))
-        }
+        None => TestDb::fresh().await,
     };
-    let mut config = test_config(&db_path);
+    let mut config = test_config(&db);
     (options.configure)(&mut config);
     config.validate().expect("test config is valid");
     let token = config.api.tokens.first().map(|_| TOKEN.to_owned());
@@ -153,14 +154,13 @@ pub async fn spawn(options: Options) -> TestApp {
         client: Client::new(),
         clock,
         faults,
-        db_path,
+        db,
         state,
         pictory,
         webhook_url: String::new(),
         token,
         shutdown: Some(tx),
         handle: Some(handle),
-        _dir: dir,
     };
     let url = app.get("/v1/webhook-url").await;
     assert_eq!(url.status(), 200);
@@ -183,10 +183,10 @@ impl TestApp {
         }
     }
 
-    /// Stops this instance and starts another on the same database file.
+    /// Stops this instance and starts another on the same database.
     pub async fn restart(mut self) -> TestApp {
         self.stop().await.unwrap();
-        let dir = self._dir.take();
+        let db = self.db.take();
         // The same fake Pictory, if there was one, at the same address.
         let upstream = self.pictory.as_ref().map(|_| {
             let config = &self.state.config.pictory;
@@ -199,7 +199,7 @@ impl TestApp {
                     config.pictory.api_key = api_key;
                 }
             }),
-            db: Some((self.db_path.clone(), dir)),
+            db: Some(db),
             pictory: None,
             clock: Some(self.clock.clone()),
         })
@@ -383,6 +383,187 @@ impl Drop for TestApp {
     }
 }
 
+/// The variable that runs the suite against PostgreSQL: the server's URL, without a database.
+pub const POSTGRES_VAR: &str = "JOBHOOK_TEST_POSTGRES";
+/// Databases made by the suite are named `jobhook_test_<unix seconds>_<random>`.
+const PG_PREFIX: &str = "jobhook_test_";
+/// A test database older than this was left by a run that died; the next run drops it.
+const PG_STALE_SECS: u64 = 3600;
+
+/// The PostgreSQL server this run uses, if any.
+pub fn postgres_server() -> Option<String> {
+    std::env::var(POSTGRES_VAR)
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .map(|url| url.trim().trim_end_matches('/').to_owned())
+}
+
+/// True (and says so) when this run is on PostgreSQL and the test checks something only
+/// SQLite has; the test then returns early.
+pub fn skip_on_postgres(why: &str) -> bool {
+    if postgres_server().is_some() {
+        say_skipped(&format!("skipped on PostgreSQL: {why}"));
+        true
+    } else {
+        false
+    }
+}
+
+/// Prints why a test did nothing on this backend, past the test harness's capture of
+/// `eprintln!` (which would hide it for a passing test), so the run's log shows it.
+pub fn say_skipped(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{why}");
+}
+
+/// One test's database: a SQLite file in a temporary directory, or a PostgreSQL database of its
+/// own, dropped (with any connection still open to it) when this is dropped.
+pub struct TestDb {
+    pub url: String,
+    kind: DbKind,
+}
+
+enum DbKind {
+    Sqlite {
+        path: PathBuf,
+        _dir: Option<TempDir>,
+    },
+    Postgres {
+        server: String,
+        name: String,
+    },
+    /// Moved into a restarted app, or an alias: owns nothing.
+    Moved,
+}
+
+impl TestDb {
+    /// A fresh, empty database of the backend this run tests.
+    pub async fn fresh() -> TestDb {
+        match postgres_server() {
+            Some(server) => TestDb::fresh_postgres(server).await,
+            None => {
+                let dir = tempfile::tempdir().unwrap();
+                TestDb::sqlite_at(&dir.path().join("jobhook.db"), Some(dir))
+            }
+        }
+    }
+
+    /// A SQLite file at `path` (kept with `dir`, when given).
+    pub fn sqlite_at(path: &Path, dir: Option<TempDir>) -> TestDb {
+        TestDb {
+            url: format!("sqlite://{}", path.display()),
+            kind: DbKind::Sqlite {
+                path: path.to_path_buf(),
+                _dir: dir,
+            },
+        }
+    }
+
+    async fn fresh_postgres(server: String) -> TestDb {
+        use sqlx::Connection as _;
+        static SWEPT: AtomicBool = AtomicBool::new(false);
+        let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+            .await
+            .unwrap_or_else(|err| panic!("{POSTGRES_VAR}={server}: cannot connect: {err}"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        if !SWEPT.swap(true, Ordering::SeqCst) {
+            sweep_stale(&mut admin, now).await;
+        }
+        let name = format!("{PG_PREFIX}{now}_{:08x}", rand::random::<u32>());
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        TestDb {
+            url: format!("{server}/{name}"),
+            kind: DbKind::Postgres { server, name },
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.kind, DbKind::Postgres { .. })
+    }
+
+    /// The SQLite file, on a SQLite run.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.kind {
+            DbKind::Sqlite { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The same database for a second replica: dropping the alias drops nothing.
+    pub fn alias(&self) -> TestDb {
+        TestDb {
+            url: self.url.clone(),
+            kind: DbKind::Moved,
+        }
+    }
+
+    /// Moves the database out, leaving this one empty (dropping it then drops nothing).
+    pub fn take(&mut self) -> TestDb {
+        TestDb {
+            url: self.url.clone(),
+            kind: std::mem::replace(&mut self.kind, DbKind::Moved),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let DbKind::Postgres { server, name } = &self.kind else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own
+        // with a runtime of its own drops the database (FORCE ends the app's connections).
+        let (server, name) = (server.clone(), name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                use sqlx::Connection as _;
+                let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await?;
+                admin.close().await?;
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("cannot drop test database (the next run drops it): {dropped:?}");
+        }
+    }
+}
+
+/// Drops the test databases a run that died left behind (older than [`PG_STALE_SECS`], so a
+/// run going on beside this one keeps its own).
+async fn sweep_stale(admin: &mut sqlx::PgConnection, now: u64) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
+            .bind(format!("{PG_PREFIX}%"))
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap();
+    for name in names {
+        let made: Option<u64> = name
+            .strip_prefix(PG_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse().ok());
+        if made.is_some_and(|made| made + PG_STALE_SECS < now) {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut *admin)
+                .await;
+        }
+    }
+}
+
 /// `body` as the webhook handler hands it to the store: trusted (its report applied), or with
 /// `look_now` only a hint that asks for a Get Job call.
 pub fn delivery(body: &Value, received_at: i64, look_now: bool) -> NewDelivery {
@@ -545,6 +726,9 @@ impl Store for FaultyStore {
     async fn release_claims(&self, pks: &[i64], now: i64) -> Result<(), StoreError> {
         self.faults.check()?;
         self.inner.release_claims(pks, now).await
+    }
+    async fn watch_others(&self) -> Result<Option<OthersChanges>, StoreError> {
+        self.inner.watch_others().await
     }
     async fn latest_change_id(&self) -> Result<i64, StoreError> {
         self.inner.latest_change_id().await

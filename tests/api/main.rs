@@ -1,4 +1,5 @@
-//! jobhook's integration tests: one binary, real sockets, a fresh SQLite file per test.
+//! jobhook's integration tests: one binary, real sockets, a fresh database per test (SQLite, or
+//! PostgreSQL when `JOBHOOK_TEST_POSTGRES` is set; see `helpers::TestDb`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,6 +11,7 @@ mod cli;
 mod continuations;
 mod crash;
 mod deliveries;
+mod deploy;
 mod faults;
 mod jobs;
 mod listener;
@@ -21,6 +23,7 @@ mod ops;
 mod pictory;
 mod quota;
 mod reconcile;
+mod replicas;
 mod soak;
 mod state_machine;
 mod storm;

@@ -190,12 +190,12 @@ struct Outbox {
     store: Arc<dyn Store>,
     clock: ManualClock,
     notifier: Notifier,
-    _dir: tempfile::TempDir,
+    _db: TestDb,
 }
 
 async fn outbox(url: &str, schedule: &[u64]) -> Outbox {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&dir.path().join("o.db"));
+    let db = TestDb::fresh().await;
+    let mut config = test_config(&db);
     config.notify.endpoints = vec![endpoint(url, &["job.completed", "job.failed"])];
     config.notify.retry_schedule = schedule.iter().map(|s| Duration::from_secs(*s)).collect();
     let store = store::open(&config.database.url).await.unwrap();
@@ -219,7 +219,7 @@ async fn outbox(url: &str, schedule: &[u64]) -> Outbox {
         store,
         clock,
         notifier,
-        _dir: dir,
+        _db: db,
     }
 }
 

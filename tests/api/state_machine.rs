@@ -28,9 +28,8 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async move {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", dir.path().join("p.db").display());
-            let store = jobhook::store::open(&url).await.unwrap();
+            let db = TestDb::fresh().await;
+            let store = jobhook::store::open(&db.url).await.unwrap();
             store.migrate().await.unwrap();
             for (n, body) in bodies.iter().enumerate() {
                 store.ingest(delivery(body, START_MS + n as i64, false)).await.unwrap();

@@ -294,14 +294,18 @@ async fn raw_delivery_keeps_headers_and_masks_credentials() {
     assert_eq!(raw.status(), 200);
     assert_eq!(raw.text().await.unwrap(), body);
     // ...from the delivery: the job row keeps no second copy of it.
-    let db = rusqlite::Connection::open(&app.db_path).unwrap();
-    let (copy, refers_to): (Option<String>, Option<i64>) = db
-        .query_row(
-            "SELECT raw_response, raw_delivery FROM jobs WHERE job_id = 'job-h'",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .unwrap();
+    let sql = "SELECT raw_response, raw_delivery FROM jobs WHERE job_id = 'job-h'";
+    let (copy, refers_to): (Option<String>, Option<i64>) = match app.db.sqlite_path() {
+        Some(path) => rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row(sql, [], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap(),
+        None => {
+            use sqlx::Connection as _;
+            let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query_as(sql).fetch_one(&mut db).await.unwrap()
+        }
+    };
     assert_eq!((copy, refers_to), (None, delivery["id"].as_i64()));
 }
 

@@ -10,6 +10,7 @@ use super::{corrupt, Tx};
 use crate::domain::usage::counts_for_usage;
 use crate::domain::{plan_report, Cause, Job, JobStatus, ReportPlan};
 use crate::pictory::ReportedState;
+use crate::store::common::json_text;
 use crate::store::{DeliveryOutcome, NewDelivery, RenderResponse, StoreError, SubmitOutcome};
 use rusqlite::{params, params_from_iter, ToSql};
 use serde_json::{json, Value};
@@ -292,22 +293,7 @@ pub(super) fn finish_one(
     Ok(job)
 }
 
-/// A move with nothing but the new status (not found, timed out).
-pub(super) fn moved_to(to: JobStatus) -> ReportPlan {
-    ReportPlan::Move {
-        to,
-        output: None,
-        error: None,
-        resolved_by: None,
-    }
-}
-
-pub(super) fn plan_note(plan: &ReportPlan) -> Value {
-    match plan {
-        ReportPlan::Move { to, .. } => json!(format!("moved to {to}")),
-        ReportPlan::Keep { reason } => json!(reason),
-    }
-}
+pub(super) use crate::store::common::{moved_to, plan_note};
 
 /// A delivery (fresh or replayed) as it is recorded on its job.
 pub(super) struct WebhookOnJob<'a> {
@@ -461,12 +447,4 @@ pub(super) fn insert_delivery(
         ],
     )?;
     Ok((stored == 1).then(|| tx.last_insert_rowid()))
-}
-
-/// An optional value as JSON text for a TEXT column.
-fn json_text<T: serde::Serialize>(value: &Option<T>) -> Result<Option<String>, StoreError> {
-    value
-        .as_ref()
-        .map(|v| serde_json::to_string(v).map_err(corrupt))
-        .transpose()
 }

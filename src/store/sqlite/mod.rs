@@ -755,6 +755,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn watch_others(&self) -> Result<Option<super::OthersChanges>, StoreError> {
+        // One process owns the file (the writer thread): nothing changes behind its back.
+        Ok(None)
+    }
+
     async fn latest_change_id(&self) -> Result<i64, StoreError> {
         let id: Option<i64> =
             sqlx::query_scalar("SELECT MAX(id) FROM job_events WHERE kind = 'status_changed'")

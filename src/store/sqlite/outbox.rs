@@ -3,20 +3,11 @@
 use super::writer::execute;
 use super::Tx;
 use crate::domain::time::rfc3339;
-use crate::domain::{Job, JobStatus};
+use crate::domain::Job;
+use crate::store::common::{message_id, specific_event};
 use crate::store::StoreError;
 use rusqlite::params;
 use serde_json::json;
-
-/// The event type a move to `to` announces besides `job.updated`.
-fn specific_event(to: JobStatus) -> Option<&'static str> {
-    match to {
-        JobStatus::Completed => Some("job.completed"),
-        JobStatus::Failed => Some("job.failed"),
-        JobStatus::TimedOut => Some("job.timed_out"),
-        _ => None,
-    }
-}
 
 /// One notification per endpoint that wants this change, in the outbox.
 pub(super) fn enqueue_notifications(
@@ -29,8 +20,7 @@ pub(super) fn enqueue_notifications(
     let types = std::iter::once("job.updated").chain(specific_event(job.status));
     for event_type in types {
         let payload = json!({"type": event_type, "timestamp": rfc3339(now), "data": view});
-        // Standard Webhooks ids may not contain a full stop.
-        let message_id = format!("msg_{change_id}_{}", event_type.trim_start_matches("job."));
+        let message_id = message_id(change_id, event_type);
         execute(
             tx,
             "INSERT INTO notifications (endpoint, event_type, job_pk, change_id, message_id, \

@@ -71,7 +71,8 @@ impl Writer {
             .spawn(move || sync_and_answer(&wal, &unsynced, &flush_failed, &flushed))
             .map_err(|err| StoreError::Batch(format!("cannot start the WAL syncer: {err}")))?;
         let refuse = broken.clone();
-        let mut wal_bound = WalBound::new(&path, wal_limit);
+        let checkpointer = start_checkpointer(&path, wal_limit)?;
+        let mut wal_bound = WalBound::new(&path, wal_limit, checkpointer);
         std::thread::Builder::new()
             .name("jobhook-writer".into())
             .spawn(move || {
@@ -287,38 +288,62 @@ fn open_connection(path: &Path, wal_limit: u64) -> Result<Connection, StoreError
 /// Keeps the write-ahead log within `limit` bytes (plus the transaction that crossed it).
 ///
 /// `Store::maintain` checkpoints once a second off the commit path, but that alone does not
-/// bound the log: writes faster than a checkpoint can copy, or a process killed before its
-/// first second, leave it growing (a crash test once found 423 MB). So after each transaction
-/// the writer looks at the log's size (one `stat`), and past the limit it checkpoints and
-/// truncates the log itself. That stalls writes for one checkpoint, once per `limit` bytes
-/// written. A checkpoint can fail to finish: `maintain`'s own is running (it answers at once)
-/// or a reader holds an old snapshot (it waits at most [`CHECKPOINT_WAIT`]); the next try
-/// comes once the log has grown by another tenth of the limit, so a stuck reader costs one
-/// short stall per tenth, not one per write.
+/// bound the log: under a steady stream of writes a checkpoint never catches up with the end
+/// of the log, so SQLite never starts it over, and a process killed before its first second
+/// leaves everything behind (a crash test once found 423 MB). So after each transaction the
+/// writer looks at the log's size (one `stat`):
+/// - every eighth of the limit, it asks the checkpointer thread for a passive checkpoint, which
+///   copies the log into the database beside the writer, without blocking it;
+/// - past the limit it checkpoints and truncates the log itself. That holds up writes, but only
+///   for the little the checkpointer has not copied yet.
+///
+/// A truncation can fail to finish when a reader holds an old snapshot (it waits at most
+/// [`CHECKPOINT_WAIT`]); the next try comes once the log has grown by another tenth of the
+/// limit, so a stuck reader costs one short stall per tenth, not one per write.
 struct WalBound {
     wal: PathBuf,
     limit: u64,
-    /// Checkpoint when the log is larger than this.
+    /// Truncate when the log is larger than this.
     try_above: u64,
+    /// Ask for a passive checkpoint when the log is larger than this.
+    copy_above: u64,
+    checkpointer: mpsc::Sender<()>,
+    /// Held by the checkpointer while it copies.
+    copying: Arc<Mutex<()>>,
 }
 
 /// Longest a checkpoint past the limit waits for readers, holding up writes meanwhile.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(100);
 
 impl WalBound {
-    fn new(path: &Path, limit: u64) -> WalBound {
+    fn new(path: &Path, limit: u64, (checkpointer, copying): Checkpointer) -> WalBound {
         WalBound {
             wal: wal_path(path),
             limit,
             try_above: limit,
+            copy_above: limit / 8,
+            checkpointer,
+            copying,
         }
     }
 
     fn check(&mut self, connection: &Connection) {
         let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        if size + self.limit / 8 < self.copy_above {
+            // SQLite started the log over and cut the file back.
+            self.copy_above = self.limit / 8;
+        }
+        if size > self.copy_above {
+            // The checkpointer may be busy with the last one: a request is never queued twice.
+            let _ = self.checkpointer.send(());
+            self.copy_above = size + self.limit / 8;
+        }
         if size <= self.try_above {
             return;
         }
+        // Wait for the checkpointer's copy to end (it holds SQLite's checkpoint lock, which is
+        // not waited for): then only the rest is left to copy here.
+        let _copying = lock(&self.copying);
         let finished = connection
             .busy_timeout(CHECKPOINT_WAIT)
             .and_then(|()| checkpoint_truncate(connection));
@@ -328,6 +353,7 @@ impl WalBound {
         match finished {
             Ok(true) => {
                 self.try_above = self.limit;
+                self.copy_above = self.limit / 8;
                 tracing::debug!(size, "the write-ahead log passed its limit; checkpointed");
             }
             Ok(false) => {
@@ -343,6 +369,34 @@ impl WalBound {
             }
         }
     }
+}
+
+/// Asks the checkpointer thread to copy; the lock it holds while it does.
+type Checkpointer = (mpsc::Sender<()>, Arc<Mutex<()>>);
+
+/// A thread with a connection of its own that copies the log into the database when asked
+/// (a passive checkpoint: it takes no lock the writer needs). It ends with the writer.
+fn start_checkpointer(path: &Path, wal_limit: u64) -> Result<Checkpointer, StoreError> {
+    let connection = open_connection(path, wal_limit)?;
+    let (asks, asked) = mpsc::channel::<()>();
+    let copying = Arc::new(Mutex::new(()));
+    let held = copying.clone();
+    std::thread::Builder::new()
+        .name("jobhook-checkpointer".into())
+        .spawn(move || {
+            while asked.recv().is_ok() {
+                // Requests that came meanwhile are served by this one checkpoint.
+                while asked.try_recv().is_ok() {}
+                let _copying = lock(&held);
+                if let Err(err) =
+                    connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(error = %err, "cannot checkpoint the write-ahead log");
+                }
+            }
+        })
+        .map_err(|err| StoreError::Batch(format!("cannot start the checkpointer: {err}")))?;
+    Ok((asks, copying))
 }
 
 /// Copies the whole WAL into the database and truncates it to nothing; false when readers
