@@ -121,6 +121,34 @@ async fn a_branching_chain_is_listed_depth_first_oldest_branch_first() {
 }
 
 #[tokio::test]
+async fn the_chain_of_an_untracked_job_is_404_and_strangers_get_401() {
+    let app = spawn_app().await;
+    app.webhook(completed_body("alone").to_string()).await;
+    let alone = app.get_json("/v1/jobs/alone/chain").await;
+    assert_eq!(
+        alone["data"].as_array().unwrap().len(),
+        1,
+        "a job is a chain of one"
+    );
+    assert_eq!(alone["data"][0]["job_id"], "alone");
+    for id in ["nobody".to_owned(), "x".repeat(500)] {
+        let response = app.get(&format!("/v1/jobs/{id}/chain")).await;
+        assert_eq!(response.status(), 404);
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["error"]["code"],
+            "not_found"
+        );
+    }
+    let stranger = app
+        .client
+        .get(format!("{}/v1/jobs/alone/chain", app.api_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), 401);
+}
+
+#[tokio::test]
 async fn only_a_completed_job_with_a_last_frame_can_be_continued() {
     let app = spawn_app_with_pictory(|_| {}).await;
     let running: Value = app
@@ -145,14 +173,7 @@ async fn only_a_completed_job_with_a_last_frame_can_be_continued() {
     );
 
     // A failed job.
-    app.mock().set_state(running_id, MockState::Failed);
-    let url = app.mock().job(running_id).unwrap().request["webhook"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let body = app.mock().job_body(running_id).unwrap();
-    app.webhook_to(&url, body.to_string()).await;
-    assert_eq!(app.wait_final(running_id).await["status"], "failed");
+    app.finish(running_id, MockState::Failed).await;
     let response = app
         .continue_from(running_id, &clip("after a failure"), None)
         .await;

@@ -28,6 +28,9 @@ pub struct UsageParams {
     pub to: Option<String>,
     /// `day` (UTC, the default), `model`, `status`, or `metadata.KEY` (a top-level key of the
     /// jobs' metadata, or a dotted path into nested objects; letters, digits, `_` and `-`).
+    #[param(
+        pattern = r"^(day|model|status|metadata\.[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7})$"
+    )]
     pub group_by: Option<String>,
 }
 
@@ -88,7 +91,7 @@ pub async fn get_usage(
     };
     let from = match params.from.as_deref() {
         Some(text) => parse_time("from", text)?,
-        None => to.saturating_sub(DEFAULT_DAYS * DAY_MS),
+        None => to.saturating_sub(DEFAULT_DAYS * DAY_MS).max(0),
     };
     if from >= to {
         return Err(ApiError::bad_request(
