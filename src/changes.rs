@@ -70,9 +70,13 @@ impl Changes {
         {
             let mut entries = lock(&self.cache.entries);
             self.cache.generation.fetch_add(1, Ordering::SeqCst);
-            if let Some(ids) = entries.ids_of.remove(&job.pk) {
-                for id in ids {
-                    entries.by_id.remove(&id);
+            // A continuation's parent lists it among its children by its id, which changes
+            // when Pictory gives one: the parent's rendering goes too.
+            for pk in std::iter::once(job.pk).chain(job.parent_pk) {
+                if let Some(ids) = entries.ids_of.remove(&pk) {
+                    for id in ids {
+                        entries.by_id.remove(&id);
+                    }
                 }
             }
         }
@@ -139,6 +143,21 @@ mod tests {
         assert_eq!(changes.cached("j1"), None);
         assert_eq!(changes.cached("sub-1"), None);
         assert_eq!(changes.cached("j2").as_deref(), Some(&b"two"[..]));
+    }
+
+    #[test]
+    fn a_change_of_a_continuation_drops_its_parent_too() {
+        let changes = Changes::new();
+        let generation = changes.generation();
+        changes.remember("parent", 1, Bytes::from_static(b"p"), generation);
+        changes.remember("other", 3, Bytes::from_static(b"o"), generation);
+        let child = Job {
+            parent_pk: Some(1),
+            ..job(2)
+        };
+        changes.publish(&child);
+        assert_eq!(changes.cached("parent"), None);
+        assert_eq!(changes.cached("other").as_deref(), Some(&b"o"[..]));
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! `jobhook demo`: a self-contained tour. A fake Pictory and the service run on loopback with a
 //! temporary SQLite file; a batch of videos is submitted; the fake drops, duplicates and reorders
 //! webhooks and fails some jobs; a progress bar follows the jobs; a table shows how each ended.
+//! Meanwhile a chain of three clips is made, each continuing from the last frame of the one
+//! before; the tour ends with the credits used per model, as jobhook sums them and as the fake
+//! counted them.
 
 use crate::app::{Listeners, Service};
 use crate::config::Config;
-use crate::domain::time::SystemClock;
-use crate::mock::{MockOptions, MockPictory};
+use crate::domain::time::{rfc3339, Clock, SystemClock};
+use crate::domain::usage::credits_milli;
+use crate::mock::{MockOptions, MockPictory, MockState};
 use crate::store;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,6 +31,15 @@ const PROMPTS: [&str; 8] = [
     "An astronaut planting a flower on the moon",
     "Autumn leaves swirling in a courtyard",
 ];
+/// The chain: one video told in three clips.
+const CHAIN: [&str; 3] = [
+    "A paper plane is thrown from a rooftop at sunrise",
+    "The paper plane glides over busy streets and a river",
+    "The paper plane lands softly in a child's hands in a park",
+];
+/// Tries at each clip of the chain: the fake fails some jobs, and a failed clip is generated
+/// again from the same frame.
+const CHAIN_TRIES: usize = 3;
 
 pub async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -89,6 +102,8 @@ async fn tour(dir: &std::path::Path) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
 
+    // A little earlier than anything this run completes: the start of the usage range.
+    let since = SystemClock.now_ms() - 1_000;
     let client = reqwest::Client::new();
     let mut submitted = Vec::with_capacity(VIDEOS);
     for n in 0..VIDEOS {
@@ -132,7 +147,12 @@ async fn tour(dir: &std::path::Path) -> anyhow::Result<()> {
             anyhow::Ok(job)
         }
     });
-    let jobs = futures::future::try_join_all(waits).await?;
+    // The chain is made while the batch resolves.
+    let (jobs, chain) = tokio::join!(
+        futures::future::try_join_all(waits),
+        make_chain(&client, &api_url)
+    );
+    let (jobs, (chain, chain_submitted)) = (jobs?, chain?);
     bar.finish_and_clear();
 
     print_table(&submitted, &jobs);
@@ -141,20 +161,246 @@ async fn tour(dir: &std::path::Path) -> anyhow::Result<()> {
     let failed = count(&|j| j["status"] == "failed");
     let by_webhook = count(&|j| j["resolved_by"] == "webhook");
     let by_poll = count(&|j| j["resolved_by"] == "poll");
-    let calls: i64 = jobs.iter().filter_map(|j| j["poll_count"].as_i64()).sum();
+    let calls: i64 = jobs
+        .iter()
+        .chain(&chain)
+        .filter_map(|j| j["poll_count"].as_i64())
+        .sum();
+    let all = VIDEOS + chain_submitted;
     println!(
         "\n{VIDEOS} jobs: {completed} completed, {failed} failed. Resolved by webhook: {by_webhook}, by fallback poll: {by_poll}."
     );
     println!(
-        "{calls} Get Job calls in all; {} Generate calls (one per video, never two); {} webhooks sent by the fake for {VIDEOS} jobs.",
+        "With the {chain_submitted} clips submitted for the chain below: {calls} Get Job calls in all; {} Generate calls for {all} jobs (never two for one); {} webhooks sent by the fake.",
         mock.generate_calls(),
         mock.webhooks_sent()
     );
     println!("Every webhook's body was only a hint: each job's state came from Pictory's Get Job answer.");
 
+    print_chain(&chain);
+    if let Some(failed) = jobs.iter().find(|j| j["status"] == "failed") {
+        refuse_to_continue(&client, &api_url, failed).await?;
+    }
+    print_quota(&client, &api_url).await?;
+    print_credits(&client, &api_url, &mock, since).await?;
+
     let _ = stop.send(());
     running.await??;
     Ok(())
+}
+
+/// Three clips, each continuing (`POST /v1/jobs/{id}/continue`) from the last frame of the one
+/// before. Returns the chain as `GET /v1/jobs/{id}/chain` lists it, and how many clips were
+/// submitted to make it (a failed first clip is not part of the chain).
+async fn make_chain(client: &reqwest::Client, api: &str) -> anyhow::Result<(Vec<Value>, usize)> {
+    let mut submitted = 0;
+    let first = json!({"prompt": CHAIN[0], "model": "veo3.1_fast", "aspectRatio": "9:16",
+        "duration": "4s", "metadata": {"demo_chain": 1}});
+    let mut clip = until_completed(
+        client,
+        api,
+        &format!("{api}/v1/videos"),
+        &first,
+        1,
+        &mut submitted,
+    )
+    .await?;
+    for (n, prompt) in CHAIN.iter().enumerate().skip(1) {
+        let id = clip["job_id"].as_str().context("a clip without a job id")?;
+        let next = json!({"prompt": prompt, "duration": "4s", "metadata": {"demo_chain": n + 1}});
+        let url = format!("{api}/v1/jobs/{id}/continue");
+        clip = until_completed(client, api, &url, &next, n + 1, &mut submitted).await?;
+    }
+    let id = clip["job_id"].as_str().context("a clip without a job id")?;
+    let chain: Value = client
+        .get(format!("{api}/v1/jobs/{id}/chain"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let chain = chain["data"]
+        .as_array()
+        .cloned()
+        .context("the chain has no data")?;
+    Ok((chain, submitted))
+}
+
+/// Submits one clip (to `url`: the videos or a continue route) and waits for it, again when
+/// the fake fails it; returns the completed clip.
+async fn until_completed(
+    client: &reqwest::Client,
+    api: &str,
+    url: &str,
+    body: &Value,
+    clip: usize,
+    submitted: &mut usize,
+) -> anyhow::Result<Value> {
+    for attempt in 1..=CHAIN_TRIES {
+        *submitted += 1;
+        let response = client
+            .post(url)
+            .header("idempotency-key", format!("demo-chain-{clip}-{attempt}"))
+            .json(body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "chain clip {clip} answered {}",
+            response.status()
+        );
+        let job: Value = response.json().await?;
+        let id = job["job_id"].as_str().context("no job id")?;
+        let done: Value = client
+            .get(format!("{api}/v1/jobs/{id}?wait=60s"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if done["status"] == "completed" {
+            return Ok(done);
+        }
+    }
+    anyhow::bail!("chain clip {clip} failed {CHAIN_TRIES} times")
+}
+
+fn print_chain(chain: &[Value]) {
+    println!(
+        "
+A longer video in clips: each continues from Pictory's last frame of the one before\n\
+         (POST /v1/jobs/{{id}}/continue), as GET /v1/jobs/{{id}}/chain lists them:"
+    );
+    println!(
+        "{:<9} {:<10} {:<9} {:<34} prompt",
+        "clip", "status", "parent", "first frame"
+    );
+    for clip in chain {
+        let first_frame = clip["request"]["firstFrameImageUrl"]
+            .as_str()
+            .map_or("-", |url| url.trim_start_matches("https://"));
+        println!(
+            "{:<9} {:<10} {:<9} {:<34} {}",
+            short(clip["job_id"].as_str().unwrap_or("?")),
+            clip["status"].as_str().unwrap_or("?"),
+            clip["parent"].as_str().map_or("-", short),
+            shorten(first_frame, 34),
+            clip["request"]["prompt"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// A failed job has no last frame to start from: jobhook says so instead of paying for a clip.
+async fn refuse_to_continue(
+    client: &reqwest::Client,
+    api: &str,
+    failed: &Value,
+) -> anyhow::Result<()> {
+    let id = failed["job_id"].as_str().context("no job id")?;
+    let response = client
+        .post(format!("{api}/v1/jobs/{id}/continue"))
+        .json(&json!({"prompt": "Continue a video that never was"}))
+        .send()
+        .await?;
+    let status = response.status();
+    let error: Value = response.json().await?;
+    println!(
+        "Continuing failed job {} is refused: {} {}",
+        short(id),
+        status.as_u16(),
+        error["error"]["message"].as_str().unwrap_or("")
+    );
+    Ok(())
+}
+
+async fn print_quota(client: &reqwest::Client, api: &str) -> anyhow::Result<()> {
+    let quota: Value = client
+        .get(format!("{api}/v1/quota"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let credits = &quota["data"]["aiCredits"];
+    match (credits["used"].as_f64(), credits["limit"].as_f64()) {
+        (Some(used), Some(limit)) => println!(
+            "
+GET /v1/quota (Pictory's, cached 60 s; no API key needed): {used} of {limit} AI credits used."
+        ),
+        _ => println!(
+            "
+GET /v1/quota (Pictory's, cached 60 s): {quota}"
+        ),
+    }
+    Ok(())
+}
+
+/// Credits per model from `GET /v1/usage`, next to the fake's own count of what it charged.
+async fn print_credits(
+    client: &reqwest::Client,
+    api: &str,
+    mock: &MockPictory,
+    since: i64,
+) -> anyhow::Result<()> {
+    let to = SystemClock.now_ms() + 1_000;
+    let usage: Value = client
+        .get(format!(
+            "{api}/v1/usage?group_by=model&from={}&to={}",
+            rfc3339(since),
+            rfc3339(to)
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut charged: std::collections::BTreeMap<String, i64> = Default::default();
+    for job in mock.jobs() {
+        if job.state == MockState::Completed {
+            let model = job.request["model"].as_str().unwrap_or("pixverse5.5");
+            *charged.entry(model.to_owned()).or_default() += credits_milli(job.credits);
+        }
+    }
+    println!(
+        "
+Credits per model (GET /v1/usage?group_by=model), next to the fake's own count:"
+    );
+    println!(
+        "{:<12} {:>5} {:>14} {:>16} {:>20}",
+        "model", "jobs", "video seconds", "credits used", "the fake charged"
+    );
+    let number = |value: &Value| {
+        value
+            .as_f64()
+            .map_or_else(|| "?".to_owned(), |n| n.to_string())
+    };
+    for group in usage["data"].as_array().into_iter().flatten() {
+        let model = group["group"].as_str().unwrap_or("?");
+        let fake = charged.get(model).copied().unwrap_or(0) as f64 / 1000.0;
+        println!(
+            "{:<12} {:>5} {:>14} {:>16} {:>20}",
+            model,
+            group["jobs"].as_i64().unwrap_or(0),
+            number(&group["video_seconds"]),
+            number(&group["credits"]),
+            fake
+        );
+    }
+    let total = &usage["total"];
+    let fake_total = charged.values().sum::<i64>() as f64 / 1000.0;
+    println!(
+        "{:<12} {:>5} {:>14} {:>16} {:>20}",
+        "total",
+        total["jobs"].as_i64().unwrap_or(0),
+        number(&total["video_seconds"]),
+        number(&total["credits"]),
+        fake_total
+    );
+    Ok(())
+}
+
+fn shorten(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+    format!("{kept}…")
 }
 
 fn short(id: &str) -> &str {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mock;
 pub mod notify;
 pub mod pictory;
+pub mod quota;
 pub mod reconcile;
 pub mod retention;
 pub mod signature;

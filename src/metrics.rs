@@ -1,7 +1,11 @@
 //! Prometheus metrics, kept per service instance (no global recorder, so tests stay apart).
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
-use prometheus_client::metrics::counter::Counter;
+use crate::sync::lock;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -57,8 +61,39 @@ pub struct AcceptErrorLabels {
     pub error: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    pub model: String,
+}
+
+/// `jobhook_ai_credits_used_total{model}`: the credits Pictory reported for every job the
+/// database holds, by model. Read from the database at each scrape (see
+/// [`Metrics::set_credits_used`]) rather than counted in the process, so it is exact, survives
+/// restarts, and is the same whichever process is asked.
+#[derive(Debug, Default, Clone)]
+struct CreditsUsed(std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>>);
+
+impl Collector for CreditsUsed {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let by_model = lock(&self.0).clone();
+        let counter = ConstCounter::new(0.0f64);
+        let mut metric = encoder.encode_descriptor(
+            "ai_credits_used",
+            "AI credits Pictory reported as used (aiCreditsUsed) by the jobs in the database, by model",
+            None,
+            counter.metric_type(),
+        )?;
+        for (model, credits) in by_model {
+            let label = ModelLabel { model };
+            ConstCounter::new(credits).encode(metric.encode_family(&label)?)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    credits_used: CreditsUsed,
     pub deliveries: Family<OutcomeLabel, Counter>,
     pub duplicates: Counter,
     pub get_job_calls: Family<ResultLabel, Counter>,
@@ -199,8 +234,11 @@ impl Metrics {
             "Failed accepts, by error (emfile: out of file descriptors; enfile; other)",
             accept_errors.clone(),
         );
+        let credits_used = CreditsUsed::default();
+        registry.register_collector(Box::new(credits_used.clone()));
         Metrics {
             registry,
+            credits_used,
             deliveries,
             duplicates,
             get_job_calls,
@@ -233,6 +271,11 @@ impl Metrics {
     pub fn long_poll_waiting(&self) -> GaugeGuard {
         self.long_polls_waiting.inc();
         GaugeGuard(self.long_polls_waiting.clone())
+    }
+
+    /// The credits used by model, as the database sums them (set before each scrape).
+    pub fn set_credits_used(&self, by_model: Vec<(String, f64)>) {
+        *lock(&self.credits_used.0) = by_model;
     }
 
     /// The Prometheus text exposition.

@@ -6,6 +6,7 @@ use crate::domain::time::Clock;
 use crate::ingest::{Announce, Ingestor};
 use crate::metrics::Metrics;
 use crate::pictory::PictoryClient;
+use crate::quota::QuotaCache;
 use crate::reconcile::Poller;
 use crate::store::Store;
 use crate::webhook_key::WebhookKeys;
@@ -26,6 +27,8 @@ pub struct Inner {
     pub poller: Option<Arc<Poller>>,
     /// The group committer webhook deliveries go through.
     pub ingestor: Ingestor,
+    /// Pictory's `GET /v1/quota` answer, cached for `GET /v1/quota`.
+    pub quota: QuotaCache,
     /// Job changes, for long-polls.
     pub changes: Changes,
     /// Nudges the notifier when work was queued outside a job change (manual retries).
@@ -102,6 +105,7 @@ impl AppState {
             poller,
             changes,
             ingestor,
+            quota: QuotaCache::default(),
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
             stopping: CancellationToken::new(),
             webhook_keys,

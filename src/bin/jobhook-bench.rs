@@ -32,12 +32,13 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "jobhook-bench [--quick] [--concurrency N] [--idle-connections-only] [--drain] [--log-bytes]\n\n\
+            "jobhook-bench [--quick] [--concurrency N] [--idle-connections-only] [--drain] [--log-bytes] [--usage]\n\n\
              --quick                   2 s load runs and 100,000 stored jobs instead of 5 s and 1,000,000\n\
              --concurrency N           connections driving each load run (default 64)\n\
              --idle-connections-only   only the figures with {IDLE_CONNECTIONS} idle connections held\n\
              --drain                   only the reconciler's drain of 10,000 overdue jobs at rates 5, 20, 200\n\
-             --log-bytes               only the write-ahead log bytes written per webhook"
+             --log-bytes               only the write-ahead log bytes written per webhook\n\
+             --usage                   only GET /v1/usage over a year of 1,000,000 final jobs (100,000 with --quick)"
         );
         return Ok(());
     }
@@ -45,6 +46,9 @@ async fn main() -> anyhow::Result<()> {
         return print_log_bytes().await;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--usage") {
+        return print_usage(if quick { 100_000 } else { 1_000_000 }).await;
+    }
     if args.iter().any(|a| a == "--drain") {
         return print_drains(quick).await;
     }
@@ -631,6 +635,155 @@ async fn drain_overdue(dir: &Path, settings: &Settings, rate: u32) -> anyhow::Re
     Ok((busiest, in_window as f64 / whole as f64))
 }
 
+/// `jobhook-bench --usage`: only the `GET /v1/usage` figures.
+async fn print_usage(count: usize) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("jobhook-bench-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    let result = usage_figures(&dir, count).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("\n| measure | jobhook | baseline | ratio | target |\n|---|---|---|---|---|");
+    for row in result? {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            row.what, row.value, row.baseline, row.ratio, row.target
+        );
+    }
+    Ok(())
+}
+
+/// `GET /v1/usage` over a year holding `count` final jobs: the median time of `group_by=model`
+/// (the figure with a target), and for context `group_by=day` and `group_by=metadata.customer`
+/// (which reads each job of the range). The range starts and ends mid-day, so both the daily
+/// summary and the per-job rows at its ends are read.
+async fn usage_figures(dir: &Path, count: usize) -> anyhow::Result<Vec<Row>> {
+    const DAY: i64 = 86_400_000;
+    let db = dir.join(format!("usage-{count}.db"));
+    // A year ending yesterday, day-aligned, so the seeded jobs fill it.
+    let start = (now_ms() / DAY - 366) * DAY;
+    let seeding = Instant::now();
+    seed_usage(&db, count, start, 365 * DAY).await?;
+    eprintln!(
+        "bench: seeded {count} final jobs over a year in {:.1} s",
+        seeding.elapsed().as_secs_f64()
+    );
+    let server = Server::start(&["jobhook"], &jobhook_env(&db, &[])).await?;
+    wait_ready(&server.api).await;
+    let client = reqwest::Client::new();
+    let from = start + 7 * 3_600_000;
+    let to = from + 365 * DAY;
+    let range = format!(
+        "from={}&to={}",
+        jobhook::domain::time::rfc3339(from),
+        jobhook::domain::time::rfc3339(to)
+    );
+    let mut medians = Vec::new();
+    for (group_by, runs) in [("model", 101), ("day", 31), ("metadata.customer", 7)] {
+        let url = format!("{}/v1/usage?{range}&group_by={group_by}", server.api);
+        let mut timings = Vec::with_capacity(runs);
+        let mut jobs = 0;
+        // One untimed request first: the first read of a file pays for the page cache.
+        for run in 0..=runs {
+            let sent = Instant::now();
+            let response = client.get(&url).send().await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url}: {}",
+                response.status()
+            );
+            let usage: Value = response.json().await?;
+            if run > 0 {
+                timings.push(sent.elapsed().as_secs_f64() * 1000.0);
+            }
+            jobs = usage["total"]["jobs"].as_i64().unwrap_or(0);
+        }
+        timings.sort_by(|a, b| a.total_cmp(b));
+        let median = timings[timings.len() / 2];
+        let p90 = timings[timings.len() * 9 / 10];
+        eprintln!(
+            "bench: GET /v1/usage?group_by={group_by} over a year: median {median:.2} ms, p90 {p90:.2} ms, {jobs} jobs summed"
+        );
+        medians.push((median, p90, jobs));
+    }
+    server.stop().await;
+    let [(model, model_p90, jobs), (day, day_p90, _), (metadata, metadata_p90, _)] = medians[..]
+    else {
+        anyhow::bail!("three usage figures expected");
+    };
+    Ok(vec![
+        Row::figure(
+            "GET /v1/usage?group_by=model over a year, median ms",
+            format!("{model:.2} ({jobs} jobs)"),
+            format!("p90 {model_p90:.2}"),
+            "< 50 ms",
+        ),
+        Row::figure(
+            "GET /v1/usage?group_by=day over a year, median ms",
+            format!("{day:.2}"),
+            format!("p90 {day_p90:.2}"),
+            "(context)",
+        ),
+        Row::figure(
+            "GET /v1/usage?group_by=metadata.KEY over a year (reads every job of the range), median ms",
+            format!("{metadata:.0}"),
+            format!("p90 {metadata_p90:.0}"),
+            "(context)",
+        ),
+    ])
+}
+
+/// Fills a jobhook database with `count` jobs that became final evenly over `span` ms from
+/// `start` (one in 20 failed; three models, their durations and prices as Pictory's table
+/// says; 40 customers in the metadata), with the usage rows jobhook's bookkeeping writes when
+/// a job becomes final. SQL, because a million submissions through the API would take the
+/// bench longer than everything else together.
+async fn seed_usage(db: &Path, count: usize, start: i64, span: i64) -> anyhow::Result<()> {
+    let url = format!("sqlite://{}", db.display());
+    let store = jobhook::store::open(&url).await?;
+    store.migrate().await?;
+    store.close().await;
+    let mut connection = Connection::open(db)?;
+    let tx = connection.transaction()?;
+    tx.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1), \
+         spec AS (SELECT i, \
+           CASE i % 3 WHEN 0 THEN 'veo3.1' WHEN 1 THEN 'veo3.1_fast' ELSE 'pixverse5.5' END AS model, \
+           CASE i % 3 WHEN 0 THEN 20.0 WHEN 1 THEN 10.0 ELSE 1.6 END AS per_second, \
+           CASE WHEN i % 3 = 2 THEN (CASE (i / 3) % 3 WHEN 0 THEN 5 WHEN 1 THEN 8 ELSE 10 END) \
+                ELSE (CASE (i / 3) % 3 WHEN 0 THEN 4 WHEN 1 THEN 6 ELSE 8 END) END AS seconds, \
+           ?2 + i * ?3 / ?1 AS at, i % 20 = 7 AS failed FROM n) \
+         INSERT INTO jobs (job_id, status, request, metadata, output, error, resolved_by, \
+           created_at, updated_at, completed_at, seq) \
+         SELECT 'usage-' || i, CASE WHEN failed THEN 'failed' ELSE 'completed' END, \
+           json_object('prompt', 'a seeded clip', 'model', model, 'duration', seconds || 's'), \
+           json_object('customer', 'customer-' || (i % 40)), \
+           CASE WHEN failed THEN NULL ELSE json_object('url', 'https://cdn.example/' || i || '.mp4', \
+             'duration', seconds || 's', 'width', 1280, 'height', 720, \
+             'last_frame_image_url', 'https://cdn.example/' || i || '.png', \
+             'ai_credits_used', ROUND(per_second * seconds, 3)) END, \
+           CASE WHEN failed THEN json_object('code', 'TEXT_TO_VIDEO_FAILED', 'message', 'seeded') END, \
+           'webhook', at - 60000, at, at, i + 1 FROM spec",
+        params![count as i64, start, span],
+    )?;
+    tx.execute(
+        "INSERT INTO job_usage (job_pk, at, model, status, credits_milli, video_ms, metadata) \
+         SELECT id, completed_at, json_extract(request, '$.model'), status, \
+           CASE WHEN status = 'completed' \
+             THEN CAST(ROUND(json_extract(output, '$.ai_credits_used') * 1000) AS INTEGER) ELSE 0 END, \
+           CASE WHEN status = 'completed' \
+             THEN CAST(RTRIM(json_extract(output, '$.duration'), 's') AS INTEGER) * 1000 ELSE 0 END, \
+           metadata FROM jobs WHERE job_id LIKE 'usage-%' ORDER BY completed_at",
+        [],
+    )?;
+    tx.execute(
+        "INSERT INTO usage_daily (day, model, status, jobs, credits_milli, video_ms) \
+         SELECT at / 86400000, model, status, COUNT(*), SUM(credits_milli), SUM(video_ms) \
+         FROM job_usage GROUP BY at / 86400000, model, status",
+        [],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Fills a jobhook database with `count` completed jobs, in one statement.
 async fn seed_jobs(db: &Path, count: usize, next_poll_at: Option<i64>) -> anyhow::Result<()> {
     let url = format!("sqlite://{}", db.display());
@@ -1007,6 +1160,9 @@ async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
         "-".into(),
         "< 300 ms",
     ));
+
+    // 3b. Usage over a year of final jobs.
+    rows.extend(usage_figures(dir, settings.big).await?);
 
     // 4. The reconciler: idle with 100,000 scheduled jobs, and a drain of 10,000 overdue ones.
     let db = dir.join("idle.db");

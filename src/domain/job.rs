@@ -28,6 +28,13 @@ pub struct Job {
     pub next_poll_at: Option<i64>,
     /// Id of the newest history entry: the job's place in "newest change first".
     pub seq: i64,
+    /// Internal row id of the job this one continues (SPEC §12); never shown.
+    pub parent_pk: Option<i64>,
+    /// The id (Pictory's, else the submission's) of the job this one continues: its first
+    /// frame is that job's last frame.
+    pub parent: Option<String>,
+    /// The ids of the jobs that continue this one, oldest first.
+    pub children: Vec<String>,
 }
 
 #[cfg(test)]
@@ -52,6 +59,9 @@ impl Job {
             last_polled_at: None,
             next_poll_at: None,
             seq: 1,
+            parent_pk: None,
+            parent: None,
+            children: Vec::new(),
         }
     }
 }
@@ -80,6 +90,10 @@ pub struct JobView {
     pub webhook_received_at: Option<String>,
     pub last_polled_at: Option<String>,
     pub next_poll_at: Option<String>,
+    /// The job this one continues (`POST /v1/jobs/{id}/continue`), or null.
+    pub parent: Option<String>,
+    /// The jobs that continue this one, oldest first.
+    pub children: Vec<String>,
 }
 
 impl Job {
@@ -100,6 +114,8 @@ impl Job {
             webhook_received_at: self.webhook_received_at.map(rfc3339),
             last_polled_at: self.last_polled_at.map(rfc3339),
             next_poll_at: self.next_poll_at.map(rfc3339),
+            parent: self.parent.clone(),
+            children: self.children.clone(),
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod job;
 pub mod status;
 pub mod time;
+pub mod usage;
 
 pub use job::{plan_report, Job, JobEvent, ReportPlan};
 pub use status::{Cause, JobStatus};

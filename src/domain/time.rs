@@ -89,9 +89,37 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
+
+/// Parses a calendar date (`2025-11-29`) as the unix milliseconds of its midnight, UTC.
+pub fn parse_date(text: &str) -> Option<i64> {
+    let date = time::Date::parse(text, DATE).ok()?;
+    let midnight = date.midnight().assume_utc();
+    i64::try_from(midnight.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// The calendar date (`2025-11-29`) of a UTC day counted from 1970-01-01.
+pub fn date_of_day(day: i64) -> String {
+    day.checked_mul(86_400)
+        .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
+        .and_then(|t| t.date().format(DATE).ok())
+        .unwrap_or_else(|| day.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_utc_midnights_and_days_print_as_dates() {
+        let ms = parse_date("2025-11-29").unwrap();
+        assert_eq!(rfc3339(ms), "2025-11-29T00:00:00.000Z");
+        assert_eq!(date_of_day(ms / 86_400_000), "2025-11-29");
+        assert_eq!(date_of_day(0), "1970-01-01");
+        assert_eq!(parse_date("2025-02-30"), None);
+        assert_eq!(parse_date("2025-11-29T00:00:00Z"), None);
+    }
 
     #[test]
     fn timestamps_round_trip_through_rfc3339() {

@@ -38,6 +38,15 @@ pub enum ApiError {
     RateLimited(String),
     #[error("storage is unavailable, retry later")]
     Unavailable { retry_after_secs: u32 },
+    /// Pictory answered with an error, or with something jobhook cannot relay: `502`.
+    #[error("{message}")]
+    BadGateway { code: &'static str, message: String },
+    /// Pictory could not be reached or asked to wait: `503` with `Retry-After`.
+    #[error("{message}")]
+    UpstreamUnavailable {
+        message: String,
+        retry_after_secs: u32,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -103,6 +112,10 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::BadGateway { code, .. } => (StatusCode::BAD_GATEWAY, code),
+            ApiError::UpstreamUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -137,7 +150,10 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
-            ApiError::Unavailable { retry_after_secs } => {
+            ApiError::Unavailable { retry_after_secs }
+            | ApiError::UpstreamUnavailable {
+                retry_after_secs, ..
+            } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

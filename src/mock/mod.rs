@@ -90,7 +90,15 @@ pub struct MockJob {
     pub state: MockState,
     pub get_calls: u32,
     pub credits: f64,
+    /// The job whose last frame this one's `firstFrameImageUrl` is (a continuation).
+    pub continues: Option<String>,
 }
+
+/// The host of the fake's output URLs.
+pub const CDN_HOST: &str = "cdn.pictory.example";
+/// The account limits the fake's quota reports.
+pub const QUOTA_AI_CREDITS: f64 = 10_000.0;
+pub const QUOTA_VIDEO_MINUTES: f64 = 600.0;
 
 /// One Get Job call as the fake saw it.
 #[derive(Debug, Clone)]
@@ -116,6 +124,8 @@ struct Inner {
     get_calls: Mutex<Vec<GetCall>>,
     forced: Mutex<VecDeque<Forced>>,
     forced_generate: Mutex<VecDeque<Forced>>,
+    forced_quota: Mutex<VecDeque<Forced>>,
+    quota_calls: AtomicUsize,
     generate_calls: AtomicUsize,
     generate_attempts: AtomicUsize,
     /// Woken on every Generate request, for tests that must act while one is in flight.
@@ -144,6 +154,8 @@ impl MockPictory {
                 get_calls: Mutex::default(),
                 forced: Mutex::default(),
                 forced_generate: Mutex::default(),
+                forced_quota: Mutex::default(),
+                quota_calls: AtomicUsize::new(0),
                 generate_calls: AtomicUsize::new(0),
                 generate_attempts: AtomicUsize::new(0),
                 generate_seen: tokio::sync::Notify::new(),
@@ -162,6 +174,7 @@ impl MockPictory {
         Router::new()
             .route("/pictoryapis/v1/aistudio/videos", post(generate))
             .route("/pictoryapis/v1/jobs/{id}", get(get_job))
+            .route("/pictoryapis/v1/quota", get(quota))
             .route("/_mock/jobs", get(list_jobs))
             .route("/_mock/jobs/{id}", axum::routing::put(set_job))
             .with_state(self.clone())
@@ -204,6 +217,7 @@ impl MockPictory {
             state,
             get_calls: 0,
             credits: 8.0,
+            continues: None,
         });
         job.state = state;
     }
@@ -216,6 +230,37 @@ impl MockPictory {
     /// Queues an exact answer for the next Generate Video call.
     pub fn force_next_generate(&self, forced: Forced) {
         lock(&self.inner.forced_generate).push_back(forced);
+    }
+
+    /// Queues an exact answer for the next quota call.
+    pub fn force_next_quota(&self, forced: Forced) {
+        lock(&self.inner.forced_quota).push_back(forced);
+    }
+
+    /// `GET /v1/quota` requests received, whatever the answer.
+    pub fn quota_calls(&self) -> usize {
+        self.inner.quota_calls.load(Ordering::SeqCst)
+    }
+
+    /// The quota body the fake serves: its own figures of the jobs it completed.
+    ///
+    /// Pictory documents only that `GET /v1/quota` "returns used and limit for video minutes and
+    /// AI credits"; the shape here is a guess in Pictory's usual envelope (`success`, `data`,
+    /// camelCase), so jobhook relays whatever comes and never reads it.
+    pub fn quota_body(&self) -> Value {
+        let (mut credits_milli, mut video_seconds) = (0i64, 0.0);
+        for job in lock(&self.inner.jobs).values() {
+            if job.state == MockState::Completed {
+                credits_milli += (job.credits * 1000.0).round() as i64;
+                video_seconds += duration_of(&job.request)
+                    .and_then(rules::seconds)
+                    .unwrap_or(0.0);
+            }
+        }
+        json!({"success": true, "data": {
+            "videoMinutes": {"used": (video_seconds / 60.0 * 100.0).round() / 100.0,
+                             "limit": QUOTA_VIDEO_MINUTES},
+            "aiCredits": {"used": credits_milli as f64 / 1000.0, "limit": QUOTA_AI_CREDITS}}})
     }
 
     pub fn job(&self, id: &str) -> Option<MockJob> {
@@ -258,6 +303,46 @@ impl MockPictory {
     /// The Get Job body for a job, exactly as Pictory documents it.
     pub fn job_body(&self, id: &str) -> Option<Value> {
         lock(&self.inner.jobs).get(id).map(body_of)
+    }
+
+    /// Which of the fake's jobs a `firstFrameImageUrl` is the last frame of (None for an image
+    /// elsewhere on the internet, which the real Pictory would fetch and the fake takes on
+    /// trust), or why Pictory could not fetch it: a loopback or private address (jobhook's own
+    /// URLs, say), or an image of the fake's that is no completed job's last frame.
+    fn first_frame_of(&self, url: &str) -> Result<Option<String>, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| "is not a URL".to_owned())?;
+        let host = parsed.host_str().unwrap_or_default();
+        let unreachable = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => {
+                ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+            }
+            Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+            Err(_) => {
+                host.is_empty()
+                    || host.eq_ignore_ascii_case("localhost")
+                    || host.ends_with(".localhost")
+            }
+        };
+        if unreachable {
+            return Err(format!(
+                "could not be downloaded: {} is not reachable from Pictory",
+                if host.is_empty() { "the host" } else { host }
+            ));
+        }
+        if parsed.host_str() != Some(CDN_HOST) {
+            return Ok(None);
+        }
+        let source = parsed
+            .path()
+            .strip_prefix('/')
+            .and_then(|path| path.strip_suffix("/last-frame.png"))
+            .filter(|id| {
+                lock(&self.inner.jobs)
+                    .get(*id)
+                    .is_some_and(|job| job.state == MockState::Completed)
+            })
+            .ok_or_else(|| "could not be downloaded: no such image".to_owned())?;
+        Ok(Some(source.to_owned()))
     }
 
     fn chance(&self, rate: f64) -> bool {
@@ -318,6 +403,17 @@ impl MockPictory {
     }
 }
 
+/// The duration a request asked for, or its model's default.
+fn duration_of(request: &Value) -> Option<&str> {
+    request.get("duration").and_then(Value::as_str).or_else(|| {
+        let model = request
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or(rules::DEFAULT_MODEL);
+        rules::model(model).map(|m| m.durations[0])
+    })
+}
+
 fn body_of(job: &MockJob) -> Value {
     let id = &job.id;
     match job.state {
@@ -325,18 +421,14 @@ fn body_of(job: &MockJob) -> Value {
             json!({"job_id": id, "success": true, "data": {"status": "in-progress"}})
         }
         MockState::Completed => {
-            let duration = job
-                .request
-                .get("duration")
-                .and_then(Value::as_str)
-                .unwrap_or("5s");
+            let duration = duration_of(&job.request).unwrap_or("5s");
             json!({"job_id": id, "success": true, "data": {
                 "status": "completed",
-                "url": format!("https://cdn.pictory.example/{id}/video.mp4"),
+                "url": format!("https://{CDN_HOST}/{id}/video.mp4"),
                 "duration": duration, "width": 1280, "height": 720,
-                "thumbnailImageUrl": format!("https://cdn.pictory.example/{id}/thumbnail.jpg"),
-                "lastFrameImageUrl": format!("https://cdn.pictory.example/{id}/last-frame.png"),
-                "previewImageUrl": format!("https://cdn.pictory.example/{id}/preview.jpg"),
+                "thumbnailImageUrl": format!("https://{CDN_HOST}/{id}/thumbnail.jpg"),
+                "lastFrameImageUrl": format!("https://{CDN_HOST}/{id}/last-frame.png"),
+                "previewImageUrl": format!("https://{CDN_HOST}/{id}/preview.jpg"),
                 "aiCreditsUsed": job.credits}})
         }
         MockState::Failed => json!({"job_id": id, "success": false, "data": {
@@ -397,6 +489,22 @@ async fn generate(
         )
             .into_response();
     }
+    // Pictory fetches the first frame itself: the fake checks what it can of that.
+    let continues =
+        match request.get("firstFrameImageUrl").and_then(Value::as_str) {
+            None => None,
+            Some(url) => match mock.first_frame_of(url) {
+                Ok(source) => source,
+                Err(why) => return (
+                    StatusCode::BAD_REQUEST,
+                    Json(
+                        json!({"code": "INVALID_REQUEST_BODY", "message": "Invalid request body",
+                        "fields": [{"name": "firstFrameImageUrl", "errors": why}]}),
+                    ),
+                )
+                    .into_response(),
+            },
+        };
     let options = mock.options();
     if mock.chance(options.throttle_rate) {
         return throttled(options.retry_after_secs);
@@ -409,10 +517,13 @@ async fn generate(
         .map(str::to_owned);
     let job = MockJob {
         id: id.clone(),
-        credits: rules::credits(&request).unwrap_or(0.0),
+        // Pictory reports credits as decimals (1.6 credits/s x 8 s is 12.8, not the
+        // 12.800000000000001 the product gives in floating point).
+        credits: (rules::credits(&request).unwrap_or(0.0) * 1000.0).round() / 1000.0,
         request: Value::Object(request),
         state: MockState::InProgress,
         get_calls: 0,
+        continues,
     };
     lock(&mock.inner.jobs).insert(id.clone(), job);
     tokio::spawn(mock.clone().run_job(id.clone(), webhook));
@@ -477,6 +588,21 @@ fn answer_get_job(mock: &MockPictory, id: &str, headers: &HeaderMap) -> Response
         )
             .into_response(),
     }
+}
+
+async fn quota(State(mock): State<MockPictory>, headers: HeaderMap) -> Response {
+    mock.inner.quota_calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(response) = forced_answer(&mock.inner.forced_quota).await {
+        return response;
+    }
+    if !mock.authorised(&headers) {
+        return unauthorised();
+    }
+    let options = mock.options();
+    if mock.chance(options.throttle_rate) {
+        return throttled(options.retry_after_secs);
+    }
+    Json(mock.quota_body()).into_response()
 }
 
 async fn list_jobs(State(mock): State<MockPictory>) -> Json<Value> {

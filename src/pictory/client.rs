@@ -97,6 +97,20 @@ pub enum Generate {
     Ambiguous { reason: String },
 }
 
+/// Why a `GET /v1/quota` call gave nothing to relay.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuotaFailure {
+    /// 401 or 403: the key is wrong, or Cloudflare refused us.
+    Unauthorized { http_status: u16, detail: String },
+    /// Trying again later may work: no answer (refused, reset, timed out), 429 or 503.
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Any other status, or a 200 whose body is not JSON.
+    Failed { reason: String },
+}
+
 #[derive(Clone)]
 pub struct PictoryClient {
     http: reqwest::Client,
@@ -247,6 +261,63 @@ impl PictoryClient {
     }
 }
 
+impl PictoryClient {
+    /// `GET /v1/quota` (the account's used and limit of video minutes and AI credits): the
+    /// JSON body of a 200, verbatim. Its shape is documented only as "used and limit for video
+    /// minutes and AI credits", so jobhook relays it rather than reading it.
+    pub async fn quota(&self) -> Result<String, QuotaFailure> {
+        let response = match self.http.get(self.url("/v1/quota")).send().await {
+            Ok(response) => response,
+            Err(err) => {
+                return Err(QuotaFailure::Unavailable {
+                    reason: describe(&err),
+                    retry_after: None,
+                })
+            }
+        };
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        match response.text().await {
+            Ok(body) => classify_quota(status, retry_after, body),
+            Err(err) => Err(QuotaFailure::Unavailable {
+                reason: describe(&err),
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+fn classify_quota(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: String,
+) -> Result<String, QuotaFailure> {
+    match status {
+        s if s.is_success() => {
+            if serde_json::from_str::<Value>(&body).is_ok() {
+                Ok(body)
+            } else {
+                Err(QuotaFailure::Failed {
+                    reason: format!("HTTP {status} with a body that is not JSON"),
+                })
+            }
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(QuotaFailure::Unauthorized {
+            http_status: status.as_u16(),
+            detail: unauthorized_detail(status, &body),
+        }),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+            Err(QuotaFailure::Unavailable {
+                reason: format!("HTTP {status}"),
+                retry_after,
+            })
+        }
+        _ => Err(QuotaFailure::Failed {
+            reason: format!("HTTP {status}"),
+        }),
+    }
+}
+
 fn classify(status: StatusCode, retry_after: Option<Duration>, body: String) -> GetJob {
     let http_status = status.as_u16();
     match status {
@@ -262,26 +333,28 @@ fn classify(status: StatusCode, retry_after: Option<Duration>, body: String) -> 
             },
         },
         StatusCode::NOT_FOUND => GetJob::NotFound { http_status },
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            let detail = if body.contains("1010") {
-                "Cloudflare refused the client (error code 1010); check the User-Agent and network"
-                    .to_owned()
-            } else if status == StatusCode::UNAUTHORIZED {
-                "Pictory refused the API key (pictory.api_key)".to_owned()
-            } else {
-                "Pictory answered 403 Forbidden; check pictory.api_key and the account".to_owned()
-            };
-            GetJob::Unauthorized {
-                http_status,
-                detail,
-            }
-        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => GetJob::Unauthorized {
+            http_status,
+            detail: unauthorized_detail(status, &body),
+        },
         StatusCode::TOO_MANY_REQUESTS => GetJob::Throttled { retry_after },
         s if s.is_server_error() => GetJob::ServerError {
             http_status,
             retry_after,
         },
         _ => GetJob::Unexpected { http_status },
+    }
+}
+
+/// What a 401 or 403 from Pictory means, for a person to act on.
+fn unauthorized_detail(status: StatusCode, body: &str) -> String {
+    if body.contains("1010") {
+        "Cloudflare refused the client (error code 1010); check the User-Agent and network"
+            .to_owned()
+    } else if status == StatusCode::UNAUTHORIZED {
+        "Pictory refused the API key (pictory.api_key)".to_owned()
+    } else {
+        "Pictory answered 403 Forbidden; check pictory.api_key and the account".to_owned()
     }
 }
 
@@ -376,6 +449,38 @@ mod tests {
             classify(StatusCode::IM_A_TEAPOT, None, String::new()).label(),
             "unexpected_status"
         );
+    }
+
+    #[test]
+    fn quota_answers_are_relayed_or_classified() {
+        let body = r#"{"success":true,"data":{"aiCredits":{"used":1,"limit":2}}}"#;
+        assert_eq!(
+            classify_quota(StatusCode::OK, None, body.into()),
+            Ok(body.to_owned())
+        );
+        assert!(matches!(
+            classify_quota(StatusCode::OK, None, "<html>".into()),
+            Err(QuotaFailure::Failed { .. })
+        ));
+        assert!(matches!(
+            classify_quota(StatusCode::FORBIDDEN, None, "error code: 1010".into()),
+            Err(QuotaFailure::Unauthorized { http_status: 403, detail }) if detail.contains("1010")
+        ));
+        assert_eq!(
+            classify_quota(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(Duration::from_secs(3)),
+                String::new()
+            ),
+            Err(QuotaFailure::Unavailable {
+                reason: "HTTP 429 Too Many Requests".into(),
+                retry_after: Some(Duration::from_secs(3))
+            })
+        );
+        assert!(matches!(
+            classify_quota(StatusCode::INTERNAL_SERVER_ERROR, None, String::new()),
+            Err(QuotaFailure::Failed { .. })
+        ));
     }
 
     #[test]

@@ -4,5 +4,5 @@ pub mod client;
 pub mod report;
 pub mod rules;
 
-pub use client::{Generate, GetJob, PictoryClient};
+pub use client::{Generate, GetJob, PictoryClient, QuotaFailure};
 pub use report::{JobError, JobOutput, JobReport, ReportedState};

@@ -9,6 +9,7 @@ pub(crate) mod common;
 mod cursor;
 pub mod postgres;
 pub mod sqlite;
+mod usage;
 
 /// How a store is opened, from `[database]`.
 #[derive(Debug, Clone)]
@@ -72,6 +73,7 @@ pub async fn open_with(
 }
 
 pub use cursor::Cursor;
+pub use usage::{UsageGroup, UsageGroupBy, UsageQuery, UsageRow};
 
 /// What [`Store::watch_others`] gives: batches of pks of jobs other processes changed.
 pub type OthersChanges = tokio::sync::mpsc::Receiver<Vec<i64>>;
@@ -204,6 +206,12 @@ pub struct Registered {
     pub created: bool,
 }
 
+/// Storage: jobs, their history, deliveries, the notification outbox, idempotency keys.
+///
+/// Usage bookkeeping (SPEC §12): every path that moves a job to `completed` or `failed` also
+/// records its [`UsageFacts`](crate::domain::usage::UsageFacts), in the same transaction and
+/// once per job, so that [`Store::usage`] never misses or double-counts a job and never has to
+/// read every job to answer. A write that leaves a job's status alone pays nothing for it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations.
@@ -343,6 +351,10 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Job, StoreError>;
 
     /// A job by Pictory id or submission id.
+    ///
+    /// Every job a store returns carries its continuation links: `parent_pk` and `parent`
+    /// (the parent's Pictory id, else its submission id) and `children` (the ids of the jobs
+    /// recorded with this one as their parent, oldest first), read when the job is read.
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
     /// A job by its internal row id.
     async fn job_by_pk(&self, pk: i64) -> Result<Option<Job>, StoreError>;
@@ -355,6 +367,11 @@ pub trait Store: Send + Sync + 'static {
         cursor: Option<Cursor>,
         limit: u32,
     ) -> Result<Page<Job>, StoreError>;
+    /// The continuation tree `job_pk` belongs to: its first clip (reached by following
+    /// `parent_pk` up from `job_pk`), then depth first, the children of each job in the order
+    /// they were created (for a chain without branches: the clips in playback order). At most
+    /// `limit` jobs, from the first clip on. Empty when there is no such job.
+    async fn chain(&self, job_pk: i64, limit: u32) -> Result<Vec<Job>, StoreError>;
 
     async fn delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError>;
     async fn list_deliveries(
@@ -366,6 +383,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops raw bodies received before `before`, at most `batch` of them. Returns how many.
     async fn prune_delivery_bodies(&self, before: i64, batch: u32) -> Result<u64, StoreError>;
+    /// Jobs, credits and video time of the jobs that became `completed` or `failed` in
+    /// `[query.from, query.to)`, per group, ordered by group (days and names ascending;
+    /// metadata values in the database's order, absent first). Sums are exact integers of the
+    /// recorded [`UsageFacts`](crate::domain::usage::UsageFacts); groups with no job are left
+    /// out. Must stay fast for a year of a million jobs (a summary kept per day, not a scan of
+    /// every job), except grouped by a metadata key, which may read each job of the range.
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
     /// Job counts by status, for metrics.
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError>;
     /// Jobs whose next poll is past due: how many, and the due time of the oldest.
@@ -416,6 +440,10 @@ pub struct NewSubmission {
     pub request: Value,
     pub metadata: Option<Value>,
     pub idempotency: Option<IdempotencyKey>,
+    /// A continuation (`POST /v1/jobs/{id}/continue`): the row id of the `completed` job
+    /// whose last frame the request starts from. Recorded with the submission, never changed;
+    /// the parent then lists the new job among its `children`.
+    pub parent_pk: Option<i64>,
 }
 
 #[derive(Debug, Clone)]

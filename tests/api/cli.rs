@@ -226,16 +226,67 @@ fn the_demo_runs_offline_and_ends_with_a_summary() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let rows = stdout
-        .lines()
-        .filter(|l| l.contains("pixverse5.5") || l.contains("veo3.1"))
+    let lines: Vec<&str> = stdout.lines().collect();
+    // Rows of the batch's table: `#`, then the job's short id.
+    let rows = lines
+        .iter()
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 2
+                && cols[0].parse::<u32>().is_ok()
+                && cols[1].len() == 8
+                && cols[1].chars().all(|c| c.is_ascii_hexdigit())
+        })
         .count();
     assert_eq!(rows, 24, "{stdout}");
     assert!(
         stdout.contains("fallback poll"),
         "some webhooks were dropped and found by polling"
     );
-    assert!(stdout.contains("24 Generate calls"), "{stdout}");
+    // One Generate call per job submitted, the chain's clips included.
+    let calls = lines
+        .iter()
+        .find(|l| l.contains("Generate calls for"))
+        .unwrap();
+    let (before, after) = calls.split_once(" Generate calls for ").unwrap();
+    let generate = before.rsplit(' ').next().unwrap();
+    let jobs = after.split(' ').next().unwrap();
+    assert_eq!(generate, jobs, "{calls}");
+
+    // The chain: three completed clips, each continuing the one before.
+    let chain_at = lines
+        .iter()
+        .position(|l| l.contains("GET /v1/jobs/{id}/chain lists them"))
+        .expect("the chain is shown");
+    let clips: Vec<Vec<&str>> = lines[chain_at + 2..]
+        .iter()
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Continuing"))
+        .map(|l| l.split_whitespace().collect())
+        .filter(|cols: &Vec<&str>| cols[1] == "completed")
+        .collect();
+    assert_eq!(clips.len(), 3, "{stdout}");
+    assert_eq!(clips[0][2], "-");
+    assert_eq!(clips[1][2], clips[0][0]);
+    assert_eq!(clips[2][2], clips[1][0]);
+
+    // It ends with the credits per model, as jobhook sums them and as the fake charged.
+    let credits_at = lines
+        .iter()
+        .position(|l| l.starts_with("Credits per model"))
+        .expect("credits per model are shown");
+    let table: Vec<Vec<&str>> = lines[credits_at + 2..]
+        .iter()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(table.len(), 4, "three models and the total: {stdout}");
+    for row in &table {
+        assert_eq!(
+            row[3], row[4],
+            "jobhook's sum and the fake's count: {row:?}"
+        );
+    }
+    assert_eq!(table[3][0], "total");
     assert!(stdout.contains("24 jobs:"));
 }
 

@@ -9,13 +9,13 @@ use jobhook::app::{Listeners, Service};
 use jobhook::config::Config;
 use jobhook::domain::time::ManualClock;
 use jobhook::domain::{Job, JobEvent, JobStatus};
-use jobhook::mock::{MockOptions, MockPictory};
+use jobhook::mock::{MockOptions, MockPictory, MockState};
 use jobhook::state::AppState;
 use jobhook::store::{
     self, Attempt, BatchFuture, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
     EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
     NotifyRoute, OthersChanges, Page, PollRecord, Registered, RenderResponse, ReplayInput,
-    Replayed, Store, StoreError, SubmitOutcome,
+    Replayed, Store, StoreError, SubmitOutcome, UsageQuery, UsageRow,
 };
 use reqwest::{Client, Response};
 use secrecy::SecretString;
@@ -236,6 +236,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// POSTs JSON with an `Idempotency-Key` when one is given.
+    pub async fn post_keyed(&self, path: &str, body: &Value, key: Option<&str>) -> Response {
+        let mut request = self
+            .authorised(self.client.post(format!("{}{path}", self.api_url)))
+            .json(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send().await.unwrap()
+    }
+
     pub async fn post_empty(&self, path: &str) -> Response {
         self.authorised(self.client.post(format!("{}{path}", self.api_url)))
             .send()
@@ -276,6 +287,38 @@ impl TestApp {
             ["completed", "failed", "submit_failed"].contains(&status),
             "{id} is not final: {job}"
         );
+        job
+    }
+
+    /// Submits a video and has the fake complete it; returns the completed job.
+    pub async fn completed_video(&self, body: &Value) -> Value {
+        let response = self.post_json("/v1/videos", body).await;
+        assert_eq!(response.status(), 201);
+        let job: Value = response.json().await.unwrap();
+        self.complete(job["job_id"].as_str().unwrap()).await
+    }
+
+    /// Has the fake complete a job it runs and deliver its webhook; returns the final job.
+    pub async fn complete(&self, job_id: &str) -> Value {
+        self.finish(job_id, MockState::Completed).await
+    }
+
+    /// Has the fake end a job it runs (completed or failed) and deliver its webhook, to the
+    /// URL jobhook gave it; waits for jobhook to record it and returns the final job.
+    pub async fn finish(&self, job_id: &str, state: MockState) -> Value {
+        self.mock().set_state(job_id, state);
+        let url = self.mock().job(job_id).unwrap().request["webhook"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let body = self.mock().job_body(job_id).unwrap();
+        assert_eq!(self.webhook_to(&url, body.to_string()).await.status(), 200);
+        let job = self.wait_final(job_id).await;
+        let expected = match state {
+            MockState::Completed => "completed",
+            _ => "failed",
+        };
+        assert_eq!(job["status"], expected, "{job}");
         job
     }
 
@@ -789,6 +832,9 @@ impl Store for FaultyStore {
     ) -> Result<Page<Job>, StoreError> {
         self.inner.list_jobs(filter, cursor, limit).await
     }
+    async fn chain(&self, job_pk: i64, limit: u32) -> Result<Vec<Job>, StoreError> {
+        self.inner.chain(job_pk, limit).await
+    }
     async fn delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError> {
         self.inner.delivery(id).await
     }
@@ -803,6 +849,9 @@ impl Store for FaultyStore {
     async fn prune_delivery_bodies(&self, before: i64, batch: u32) -> Result<u64, StoreError> {
         self.faults.check()?;
         self.inner.prune_delivery_bodies(before, batch).await
+    }
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        self.inner.usage(query).await
     }
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
         self.inner.count_by_status().await

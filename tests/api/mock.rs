@@ -92,6 +92,78 @@ async fn generate_refuses_what_pictory_refuses_and_accepts_the_rest() {
 }
 
 #[tokio::test]
+async fn a_first_frame_must_be_one_pictory_can_fetch() {
+    let (mock, base) = fake(MockOptions::default()).await;
+    let client = reqwest::Client::new();
+    let generate = |first_frame: String| {
+        client
+            .post(format!("{base}/v1/aistudio/videos"))
+            .header("authorization", "pictai_x")
+            .json(&json!({"prompt": "the next clip", "firstFrameImageUrl": first_frame}))
+            .send()
+    };
+    mock.set_state("done", jobhook::mock::MockState::Completed);
+    mock.set_state("running", jobhook::mock::MockState::InProgress);
+    for unreachable in [
+        "http://127.0.0.1:8081/v1/jobs/done/files/last_frame",
+        "http://localhost/last-frame.png",
+        "http://10.1.2.3/last-frame.png",
+        "http://[::1]/last-frame.png",
+        "https://cdn.pictory.example/running/last-frame.png",
+        "https://cdn.pictory.example/nobody/last-frame.png",
+        "https://cdn.pictory.example/done/thumbnail.jpg",
+    ] {
+        let refused = generate(unreachable.to_owned()).await.unwrap();
+        assert_eq!(refused.status(), 400, "{unreachable}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["fields"][0]["name"], "firstFrameImageUrl");
+    }
+    assert_eq!(mock.generate_calls(), 0);
+
+    let own = generate("https://cdn.pictory.example/done/last-frame.png".into())
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    let id = own.json::<Value>().await.unwrap()["data"]["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(mock.job(&id).unwrap().continues.as_deref(), Some("done"));
+    // An image elsewhere on the internet: Pictory would fetch it; the fake takes it on trust.
+    let elsewhere = generate("https://images.example.org/frame.png".into())
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 200);
+}
+
+#[tokio::test]
+async fn the_quota_reports_the_fakes_completed_jobs_to_a_pictory_key_only() {
+    let (mock, base) = fake(MockOptions::default()).await;
+    let client = reqwest::Client::new();
+    let refused = client.get(format!("{base}/v1/quota")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    mock.set_state("q1", jobhook::mock::MockState::Completed);
+    mock.set_state("q2", jobhook::mock::MockState::Failed);
+    let quota: Value = client
+        .get(format!("{base}/v1/quota"))
+        .header("authorization", "pictai_x")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // A scripted job costs 8 credits for a 5 s clip; the failed one costs nothing.
+    assert_eq!(
+        quota,
+        json!({"success": true, "data": {
+            "videoMinutes": {"used": 0.08, "limit": 600.0},
+            "aiCredits": {"used": 8.0, "limit": 10000.0}}})
+    );
+    assert_eq!(mock.quota_calls(), 2);
+}
+
+#[tokio::test]
 async fn throttling_and_errors_follow_their_rates() {
     let (mock, base) = fake(MockOptions {
         throttle_rate: 1.0,

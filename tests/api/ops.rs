@@ -79,6 +79,10 @@ async fn openapi_describes_every_route_of_the_private_listener() {
         "/v1/jobs/{id}",
         "/v1/jobs/{id}/raw",
         "/v1/jobs/{id}/events",
+        "/v1/jobs/{id}/continue",
+        "/v1/jobs/{id}/chain",
+        "/v1/usage",
+        "/v1/quota",
         "/v1/webhook-url",
         "/v1/deliveries",
         "/v1/deliveries/{id}",
@@ -91,7 +95,9 @@ async fn openapi_describes_every_route_of_the_private_listener() {
             "{path} is missing from the OpenAPI document"
         );
     }
-    assert!(doc["components"]["schemas"]["JobView"].is_object());
+    let job = &doc["components"]["schemas"]["JobView"];
+    assert!(job["properties"]["parent"].is_object());
+    assert!(job["properties"]["children"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
 

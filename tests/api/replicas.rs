@@ -386,6 +386,7 @@ async fn start_up_gives_up_the_submissions_of_a_replica_that_died_but_never_of_a
             request: serde_json::json!({"prompt": id}),
             metadata: None,
             idempotency: None,
+            parent_pk: None,
         };
         let begun = store.begin_submission(submission, START_MS).await.unwrap();
         assert!(matches!(begun, Begun::Started(_)));

@@ -1,10 +1,13 @@
 //! The private listener: REST API under `/v1`, plus `/readyz`, `/metrics` and `/openapi.json`.
 
+pub mod continuations;
 pub mod deliveries;
 pub mod events;
 pub mod jobs;
 pub mod notifications;
 pub mod ops;
+pub mod quota;
+pub mod usage;
 pub mod videos;
 
 use crate::http::error::ApiError;
@@ -25,8 +28,12 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/jobs/{id}/raw", get(jobs::get_raw))
         .route("/v1/jobs/{id}/events", get(jobs::get_events))
         .route("/v1/jobs/{id}/refresh", post(jobs::refresh_job))
+        .route("/v1/jobs/{id}/continue", post(continuations::continue_job))
+        .route("/v1/jobs/{id}/chain", get(continuations::get_chain))
         .route("/v1/webhook-url", get(jobs::webhook_url))
         .route("/v1/videos", post(videos::submit_video))
+        .route("/v1/usage", get(usage::get_usage))
+        .route("/v1/quota", get(quota::get_quota))
         .route("/v1/events", get(events::events))
         .route("/v1/notifications", get(notifications::list_notifications))
         .route(
@@ -86,6 +93,8 @@ async fn require_token(
     paths(
         jobs::register_job, jobs::list_jobs, jobs::get_job, jobs::get_raw, jobs::get_events,
         jobs::refresh_job, jobs::webhook_url, videos::submit_video,
+        continuations::continue_job, continuations::get_chain, usage::get_usage,
+        quota::get_quota,
         events::events, notifications::list_notifications, notifications::get_notification,
         notifications::retry_notification, notifications::list_endpoints,
         notifications::enable_endpoint, deliveries::list_deliveries, deliveries::get_delivery,

@@ -1,9 +1,11 @@
 //! Operational endpoints of the private listener: `/readyz`, `/metrics`, `/openapi.json`.
 
 use crate::domain::time::rfc3339;
+use crate::domain::usage::from_milli;
 use crate::domain::JobStatus;
 use crate::metrics::StatusLabel;
 use crate::state::AppState;
+use crate::store::{UsageGroup, UsageGroupBy, UsageQuery};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -72,6 +74,22 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             }
         }
         Err(err) => tracing::warn!(error = %err, "cannot count jobs for metrics"),
+    }
+    let all_time = UsageQuery {
+        from: 0,
+        to: i64::MAX,
+        group_by: UsageGroupBy::Model,
+    };
+    match state.store.usage(&all_time).await {
+        Ok(rows) => state.metrics.set_credits_used(
+            rows.into_iter()
+                .filter_map(|row| match row.group {
+                    UsageGroup::Name(model) => Some((model, from_milli(row.credits_milli))),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Err(err) => tracing::warn!(error = %err, "cannot sum credits for metrics"),
     }
     let now = state.now_ms();
     if let Some(poller) = &state.poller {

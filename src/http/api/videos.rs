@@ -3,7 +3,8 @@
 //! The submission is recorded (and its Idempotency-Key claimed) before Pictory is called, with a
 //! webhook URL that names it. The call is retried only when it certainly created nothing
 //! (connection refused, 429, 503); any ambiguous end leaves the job `submit_unknown`, answered
-//! `202`, for the webhook or a person to settle.
+//! `202`, for the webhook or a person to settle. Continuations (`continuations.rs`) go through
+//! the same path.
 
 use super::jobs::validate_metadata;
 use crate::domain::job::JobView;
@@ -52,59 +53,115 @@ pub async fn submit_video(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let Value::Object(mut fields) = body.clone() else {
-        return Err(ApiError::invalid_field("body", "must be a JSON object"));
-    };
-    let metadata = fields.remove("metadata").filter(|m| !m.is_null());
-    validate_metadata(&metadata)?;
+    let mut fields = body_object(&body)?;
+    let metadata = take_metadata(&mut fields)?;
     if fields.contains_key("webhook") {
         return Err(ApiError::invalid_field(
             "webhook",
             "is set by jobhook; use GET /v1/webhook-url for jobs submitted elsewhere",
         ));
     }
-    let violations = rules::check(&fields);
-    if !violations.is_empty() {
-        let fields: Vec<FieldError> = violations
-            .into_iter()
-            .map(|v| FieldError {
-                field: v.field,
-                message: v.message,
-            })
-            .collect();
-        let message = fields
-            .iter()
-            .map(|f| format!("{}: {}", f.field, f.message))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(ApiError::Unprocessable {
-            code: "invalid_request",
-            message,
-            fields,
-        });
+    let request = GenerateRequest {
+        fields,
+        metadata,
+        parent_pk: None,
+    };
+    submit(state, &headers, &body, request).await
+}
+
+/// A Generate Video request on its way through jobhook.
+pub(super) struct GenerateRequest {
+    /// The fields as they go to Pictory, but for jobhook's webhook URL.
+    pub fields: Map<String, Value>,
+    /// The client's `metadata`, already checked.
+    pub metadata: Option<Value>,
+    /// For a continuation, the row id of the job it continues.
+    pub parent_pk: Option<i64>,
+}
+
+/// A request body that must be a JSON object.
+pub(super) fn body_object(body: &Value) -> Result<Map<String, Value>, ApiError> {
+    match body {
+        Value::Object(fields) => Ok(fields.clone()),
+        _ => Err(ApiError::invalid_field("body", "must be a JSON object")),
     }
+}
+
+/// Takes `metadata` out of a request body and checks it.
+pub(super) fn take_metadata(fields: &mut Map<String, Value>) -> Result<Option<Value>, ApiError> {
+    let metadata = fields.remove("metadata").filter(|m| !m.is_null());
+    validate_metadata(&metadata)?;
+    Ok(metadata)
+}
+
+/// The submission path `POST /v1/videos` and `POST /v1/jobs/{id}/continue` share: Pictory's
+/// rules (`422` naming each field), receive-only (`409`), the `Idempotency-Key` (fingerprinted
+/// over `keyed_body`, what the client sent, so a repeat is recognised before anything is
+/// derived from it), the record, then the one Generate call, made in a task of its own.
+pub(super) async fn submit(
+    state: AppState,
+    headers: &HeaderMap,
+    keyed_body: &Value,
+    request: GenerateRequest,
+) -> Result<Response, ApiError> {
+    let GenerateRequest {
+        fields,
+        metadata,
+        parent_pk,
+    } = request;
+    check_rules(&fields)?;
     let Some(poller) = state.poller.clone() else {
         return Err(ApiError::Conflict(
             "jobhook runs receive-only (no pictory.api_key), so it cannot submit".into(),
         ));
     };
-    let idempotency = idempotency_key(&headers, &body)?;
+    let idempotency = idempotency_key(headers, keyed_body)?;
 
     let submission = NewSubmission {
         submission_id: Uuid::now_v7().to_string(),
         request: Value::Object(fields.clone()),
         metadata,
         idempotency: idempotency.clone(),
+        parent_pk,
     };
     let job = match begin(&state, submission, idempotency.as_ref()).await? {
         Started::New(job) => job,
         Started::Replay { status, body } => return Ok(replay(status, body)),
     };
+    if job.parent_pk.is_some() {
+        // The parent now lists this continuation: its cached rendering goes.
+        state.changes.publish(&job);
+    }
     // From here on the work must not stop half-way because the client went away: it runs in
     // its own task, and the request only waits for it.
     let task = tokio::spawn(call_and_record(state, *job, fields, poller));
     task.await
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("submission task failed: {err}")))?
+}
+
+/// Pictory's documented rules for a Generate request: `422` naming every broken one.
+fn check_rules(fields: &Map<String, Value>) -> Result<(), ApiError> {
+    let violations = rules::check(fields);
+    if violations.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<FieldError> = violations
+        .into_iter()
+        .map(|v| FieldError {
+            field: v.field,
+            message: v.message,
+        })
+        .collect();
+    let message = fields
+        .iter()
+        .map(|f| format!("{}: {}", f.field, f.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(ApiError::Unprocessable {
+        code: "invalid_request",
+        message,
+        fields,
+    })
 }
 
 /// Calls Generate for a recorded submission and records how it ended.

@@ -5,7 +5,9 @@
 use super::corrupt;
 use super::outbox::enqueue_notifications;
 use super::rows::{job_from_row, JOB_COLUMNS};
+use super::usage::record_usage;
 use super::write::Tx;
+use crate::domain::usage::counts_for_usage;
 use crate::domain::{plan_report, Cause, Job, JobStatus, ReportPlan};
 use crate::pictory::ReportedState;
 use crate::store::common::{json_text, plan_note};
@@ -233,6 +235,9 @@ pub(super) async fn apply_plan_noting(
     .bind(job.pk)
     .execute(tx.db())
     .await?;
+    if counts_for_usage(moved.status) {
+        record_usage(tx, &moved).await?;
+    }
     enqueue_notifications(tx, change_id, &moved, now).await
 }
 
@@ -422,6 +427,10 @@ pub(super) async fn record_webhook(
     .bind(job.pk)
     .execute(tx.db())
     .await?;
+    // Only a webhook that makes its job final pays for the usage bookkeeping.
+    if moved && counts_for_usage(job.status) {
+        record_usage(tx, &job).await?;
+    }
     if moved && notify {
         enqueue_notifications(tx, job.seq, &job, now).await?;
     }

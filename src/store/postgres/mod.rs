@@ -14,7 +14,7 @@ use super::{
     Attempt, AttemptOutcome, BatchFuture, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
     EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
     NotifyRoute, OthersChanges, Page, PollRecord, Registered, RenderResponse, ReplayInput,
-    Replayed, Store, StoreError, StoreOptions, SubmitOutcome,
+    Replayed, Store, StoreError, StoreOptions, SubmitOutcome, UsageQuery, UsageRow,
 };
 use crate::domain::{Cause, Job, JobEvent, JobStatus};
 use async_trait::async_trait;
@@ -34,6 +34,7 @@ mod listen;
 mod outbox;
 mod polls;
 mod rows;
+mod usage;
 mod webhooks;
 mod write;
 
@@ -348,7 +349,8 @@ impl Store for PgStore {
         }
         let pk: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (submission_id, status, request, metadata, created_at, \
-             updated_at, submit_owner) VALUES ($1, $2, $3, $4, $5, $5, $6) RETURNING id",
+             updated_at, submit_owner, parent_pk) VALUES ($1, $2, $3, $4, $5, $5, $6, $7) \
+             RETURNING id",
         )
         .bind(&submission.submission_id)
         .bind(JobStatus::Submitting.as_str())
@@ -356,9 +358,14 @@ impl Store for PgStore {
         .bind(submission.metadata.as_ref().map(Value::to_string))
         .bind(now)
         .bind(self.owner_number)
+        .bind(submission.parent_pk)
         .fetch_one(tx.db())
         .await?;
         let mut detail = json!({"cause": "api"});
+        if let Some(parent_pk) = submission.parent_pk {
+            let parent = job_by_pk(&mut tx, parent_pk).await?;
+            detail["continues"] = json!(parent.display_id());
+        }
         if let Some(idempotency) = &submission.idempotency {
             sqlx::query(
                 "INSERT INTO idempotency_keys (key, fingerprint, job_pk, created_at) \
@@ -871,6 +878,32 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn chain(&self, job_pk: i64, limit: u32) -> Result<Vec<Job>, StoreError> {
+        // As on SQLite: up to the first clip, then down again, each job ordered by the path of
+        // row ids that leads to it (a parent's id is always smaller than its children's).
+        let rows = sqlx::query(&format!(
+            "WITH RECURSIVE \
+               up(id, parent_pk) AS ( \
+                 SELECT id, parent_pk FROM jobs WHERE id = $1 \
+                 UNION ALL SELECT j.id, j.parent_pk FROM jobs j JOIN up ON j.id = up.parent_pk), \
+               down(id, path) AS ( \
+                 SELECT id, ARRAY[id] FROM up WHERE parent_pk IS NULL \
+                 UNION ALL SELECT c.id, down.path || c.id \
+                 FROM jobs c JOIN down ON c.parent_pk = down.id) \
+             SELECT {JOB_COLUMNS}, (SELECT path FROM down WHERE down.id = jobs.id) AS path \
+             FROM jobs WHERE id IN (SELECT id FROM down) ORDER BY path LIMIT $2"
+        ))
+        .bind(job_pk)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        usage::usage(&self.pool, query).await
     }
 
     async fn raw_response(&self, job_pk: i64) -> Result<Option<String>, StoreError> {

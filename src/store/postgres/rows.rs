@@ -6,10 +6,18 @@ use crate::store::{Change, Delivery, DeliveryOutcome, Notification, StoreError};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
+/// Every column of a job, and the ids of its parent and children (continuations), as on
+/// SQLite (see `sqlite/rows.rs`, also for why the lookups are guarded). Only ever selected
+/// `FROM jobs` unaliased: the subqueries refer to the outer row as `jobs`.
 pub(super) const JOB_COLUMNS: &str =
     "id, job_id, submission_id, status, output, error, metadata, request, \
     resolved_by, poll_count, created_at, updated_at, completed_at, webhook_received_at, \
-    last_polled_at, next_poll_at, seq";
+    last_polled_at, next_poll_at, seq, parent_pk, \
+    CASE WHEN parent_pk IS NULL THEN NULL ELSE (SELECT COALESCE(p.job_id, p.submission_id) \
+        FROM jobs p WHERE p.id = jobs.parent_pk) END AS parent_ref, \
+    CASE WHEN status <> 'completed' THEN NULL ELSE \
+        (SELECT COALESCE(json_agg(COALESCE(c.job_id, c.submission_id) ORDER BY c.id), '[]')::text \
+        FROM jobs c WHERE c.parent_pk = jobs.id) END AS children";
 
 pub(super) const NOTIFICATION_COLUMNS: &str = "id, endpoint, event_type, job_pk, message_id, \
     payload, state, attempts, round_attempts, next_attempt_at, last_status, last_error, \
@@ -51,6 +59,9 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
         last_polled_at: row.try_get("last_polled_at")?,
         next_poll_at: row.try_get("next_poll_at")?,
         seq: row.try_get("seq")?,
+        parent_pk: row.try_get("parent_pk")?,
+        parent: row.try_get("parent_ref")?,
+        children: json_value(row.try_get("children")?, "children")?.unwrap_or_default(),
     })
 }
 

@@ -4,8 +4,10 @@
 
 use super::outbox::enqueue_notifications;
 use super::rows::{job_from_written, JOB_COLUMNS};
+use super::usage::record_usage;
 use super::writer::{execute, query_one, query_optional};
 use super::{corrupt, Tx};
+use crate::domain::usage::counts_for_usage;
 use crate::domain::{plan_report, Cause, Job, JobStatus, ReportPlan};
 use crate::pictory::ReportedState;
 use crate::store::common::json_text;
@@ -222,6 +224,9 @@ pub(super) fn apply_plan_noting(
             job.pk
         ],
     )?;
+    if counts_for_usage(moved.status) {
+        record_usage(tx, &moved)?;
+    }
     enqueue_notifications(tx, change_id, &moved, now)
 }
 
@@ -401,6 +406,10 @@ pub(super) fn record_webhook(
             job.pk
         ],
     )?;
+    // Only a webhook that makes its job final pays for the usage bookkeeping.
+    if moved && counts_for_usage(job.status) {
+        record_usage(tx, &job)?;
+    }
     if moved && notify {
         enqueue_notifications(tx, job.seq, &job, now)?;
     }

@@ -7,7 +7,7 @@ use super::{
     Attempt, AttemptOutcome, BatchFuture, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
     EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
     NotifyRoute, Page, PollRecord, Registered, RenderResponse, ReplayInput, Replayed, Store,
-    StoreError, StoreOptions, SubmitOutcome,
+    StoreError, StoreOptions, SubmitOutcome, UsageQuery, UsageRow,
 };
 use crate::domain::{Cause, Job, JobEvent, JobStatus};
 use async_trait::async_trait;
@@ -24,6 +24,7 @@ mod history;
 mod outbox;
 mod polls;
 mod rows;
+mod usage;
 mod webhooks;
 mod writer;
 
@@ -390,6 +391,29 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn chain(&self, job_pk: i64, limit: u32) -> Result<Vec<Job>, StoreError> {
+        // Up to the first clip, then down again, each job ordered by the path of row ids
+        // that leads to it (a parent's id is always smaller than its children's, so the walk
+        // up ends and the paths sort depth first, oldest child first).
+        let rows = sqlx::query(&format!(
+            "WITH RECURSIVE \
+               up(id, parent_pk) AS ( \
+                 SELECT id, parent_pk FROM jobs WHERE id = $1 \
+                 UNION ALL SELECT j.id, j.parent_pk FROM jobs j JOIN up ON j.id = up.parent_pk), \
+               down(id, path) AS ( \
+                 SELECT id, printf('%020d', id) FROM up WHERE parent_pk IS NULL \
+                 UNION ALL SELECT c.id, down.path || '/' || printf('%020d', c.id) \
+                 FROM jobs c JOIN down ON c.parent_pk = down.id) \
+             SELECT {JOB_COLUMNS}, (SELECT path FROM down WHERE down.id = jobs.id) AS path \
+             FROM jobs WHERE id IN (SELECT id FROM down) ORDER BY path LIMIT $2"
+        ))
+        .bind(job_pk)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
     async fn delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM {DELIVERY_FROM} WHERE d.id = $1"
@@ -451,6 +475,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        usage::usage(&self.reader, query).await
+    }
+
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
@@ -495,17 +523,22 @@ impl Store for SqliteStore {
                 let pk: i64 = query_one(
                     tx,
                     "INSERT INTO jobs (submission_id, status, request, metadata, created_at, \
-                     updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
+                     updated_at, parent_pk) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) RETURNING id",
                     params![
                         submission.submission_id,
                         JobStatus::Submitting.as_str(),
                         submission.request.to_string(),
                         submission.metadata.as_ref().map(Value::to_string),
-                        now
+                        now,
+                        submission.parent_pk
                     ],
                     |row| Ok(row.get(0)?),
                 )?;
                 let mut detail = json!({"cause": "api"});
+                if let Some(parent_pk) = submission.parent_pk {
+                    let parent = job_by_pk(tx, parent_pk)?;
+                    detail["continues"] = json!(parent.display_id());
+                }
                 if let Some(idempotency) = &submission.idempotency {
                     // The primary key on `key` is the last word should two processes share
                     // the file: the loser's transaction fails and nothing of it is kept.

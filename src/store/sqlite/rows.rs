@@ -9,10 +9,23 @@ use crate::store::{Delivery, DeliveryOutcome, Notification, StoreError};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
+/// Every column of a job, and the ids of its parent and children (continuations). Only ever
+/// selected `FROM jobs` unaliased: the subqueries refer to the outer row as `jobs`.
+///
+/// The writer reads jobs on the hot path of ingest, so the links cost nothing for the jobs
+/// that cannot have them: only a continuation has a parent to look up, and only a `completed`
+/// job can have been continued (and it stays `completed`). Measured on 100,000 jobs, the
+/// unguarded subqueries added 3 to 8 µs to every read of a job; guarded, a read of a job that
+/// is not `completed` costs what it did before.
 pub(super) const JOB_COLUMNS: &str =
     "id, job_id, submission_id, status, output, error, metadata, request, \
     resolved_by, poll_count, created_at, updated_at, completed_at, webhook_received_at, \
-    last_polled_at, next_poll_at, seq";
+    last_polled_at, next_poll_at, seq, parent_pk, \
+    CASE WHEN parent_pk IS NULL THEN NULL ELSE (SELECT COALESCE(p.job_id, p.submission_id) \
+        FROM jobs p WHERE p.id = jobs.parent_pk) END AS parent_ref, \
+    CASE WHEN status <> 'completed' THEN NULL ELSE \
+        (SELECT json_group_array(COALESCE(c.job_id, c.submission_id) ORDER BY c.id) \
+        FROM jobs c WHERE c.parent_pk = jobs.id) END AS children";
 
 pub(super) const NOTIFICATION_COLUMNS: &str = "id, endpoint, event_type, job_pk, message_id, \
     payload, state, attempts, round_attempts, next_attempt_at, last_status, last_error, \
@@ -57,6 +70,9 @@ macro_rules! decode_job {
             last_polled_at: row.$get("last_polled_at")?,
             next_poll_at: row.$get("next_poll_at")?,
             seq: row.$get("seq")?,
+            parent_pk: row.$get("parent_pk")?,
+            parent: row.$get("parent_ref")?,
+            children: json_value(row.$get("children")?, "children")?.unwrap_or_default(),
         })
     }};
 }
