@@ -7,6 +7,7 @@ use serde_json::Value;
 
 pub(crate) mod common;
 mod cursor;
+pub mod pace;
 pub mod postgres;
 pub mod sqlite;
 
@@ -72,6 +73,7 @@ pub async fn open_with(
 }
 
 pub use cursor::Cursor;
+pub use pace::{PaceChange, PaceOutcome, PaceState, PauseState, SharedPace};
 
 /// What [`Store::watch_others`] gives: batches of pks of jobs other processes changed.
 pub type OthersChanges = tokio::sync::mpsc::Receiver<Vec<i64>>;
@@ -286,6 +288,10 @@ pub trait Store: Send + Sync + 'static {
     /// when the store is closed. None when no other process writes the database (SQLite).
     /// (No default: a wrapper that forgot to forward it would silently deafen a replica.)
     async fn watch_others(&self) -> Result<Option<OthersChanges>, StoreError>;
+    /// The Get Job pace all replicas share (PostgreSQL), or None when this process is the
+    /// only one polling (SQLite: the limiter stays in memory). (No default, as for
+    /// `watch_others`: a wrapper that forgot it would let every replica poll at the full rate.)
+    fn shared_pace(&self) -> Option<std::sync::Arc<dyn SharedPace>>;
     /// The id of the newest status change (0 when there is none).
     async fn latest_change_id(&self) -> Result<i64, StoreError>;
     /// Status changes after `after`, oldest first.

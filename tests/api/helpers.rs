@@ -687,6 +687,9 @@ impl Store for FaultyStore {
     async fn watch_others(&self) -> Result<Option<OthersChanges>, StoreError> {
         self.inner.watch_others().await
     }
+    fn shared_pace(&self) -> Option<Arc<dyn jobhook::store::SharedPace>> {
+        self.inner.shared_pace()
+    }
     async fn latest_change_id(&self) -> Result<i64, StoreError> {
         self.inner.latest_change_id().await
     }

@@ -8,6 +8,7 @@ mod helpers;
 mod hostile;
 
 mod cli;
+mod cluster;
 mod crash;
 mod deliveries;
 mod faults;

@@ -32,6 +32,7 @@ mod history;
 mod leases;
 mod listen;
 mod outbox;
+mod pace;
 mod polls;
 mod rows;
 mod webhooks;
@@ -71,6 +72,8 @@ pub struct PgStore {
     owner_number: i64,
     /// Delivery batches, stored one after the other in the order they were handed in.
     batches: mpsc::UnboundedSender<QueuedBatch>,
+    /// Ticked by the listener when another replica changes the shared Get Job pace.
+    pace_heard: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// A batch waiting for [`store_batches`], and who to tell once it is stored.
@@ -104,6 +107,7 @@ impl PgStore {
             origin: format!("{:016x}", rand::random::<u64>()),
             notify: Arc::new(AtomicBool::new(false)),
             closing: CancellationToken::new(),
+            pace_heard: Arc::new(tokio::sync::watch::channel(0).0),
         };
         tokio::spawn(store_batches(store.clone(), queued));
         Ok(store)
@@ -504,10 +508,19 @@ impl Store for PgStore {
             self.pool.clone(),
             self.listen_pool.clone(),
             self.origin.clone(),
+            self.pace_heard.clone(),
             self.closing.child_token(),
         )
         .await?;
         Ok(Some(changes))
+    }
+
+    fn shared_pace(&self) -> Option<Arc<dyn crate::store::SharedPace>> {
+        Some(Arc::new(pace::PgPace {
+            pool: self.pool.clone(),
+            origin: self.origin.clone(),
+            heard: self.pace_heard.clone(),
+        }))
     }
 
     async fn latest_change_id(&self) -> Result<i64, StoreError> {

@@ -727,6 +727,11 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
+    fn shared_pace(&self) -> Option<Arc<dyn super::SharedPace>> {
+        // One process polls: its limiter stays in memory.
+        None
+    }
+
     async fn latest_change_id(&self) -> Result<i64, StoreError> {
         let id: Option<i64> =
             sqlx::query_scalar("SELECT MAX(id) FROM job_events WHERE kind = 'status_changed'")

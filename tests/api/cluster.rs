@@ -1,0 +1,202 @@
+//! Several replicas acting as one service (SPEC §9, issue #12): one Get Job rate for all of
+//! them, a `429` or an auth pause seen by one holding all, one Generate call per
+//! `Idempotency-Key`. The replicas are whole services in this process on one PostgreSQL
+//! database, with one fake Pictory; on a SQLite run these tests say so and return.
+
+use crate::helpers::*;
+use jobhook::config::Config;
+use jobhook::mock::{Forced, GetCall, MockOptions, MockState};
+use serde_json::Value;
+use std::time::Duration;
+
+fn postgres_only() -> bool {
+    if postgres_server().is_none() {
+        say_skipped("skipped on SQLite: PostgreSQL only (one process owns a SQLite database)");
+        return false;
+    }
+    true
+}
+
+/// `n` replicas on one fresh database, with one fake Pictory (whose jobs never send webhooks)
+/// and one clock, each configured by `configure`.
+async fn replicas(n: usize, configure: fn(&mut Config)) -> Vec<TestApp> {
+    let mut options = Options::new(configure);
+    options.pictory = Some(MockOptions {
+        job_duration: Duration::from_secs(600),
+        drop_rate: 1.0,
+        ..MockOptions::default()
+    });
+    let first = spawn(options).await;
+    let base_url = first.state.config.pictory.base_url.clone();
+    let api_key = first.state.config.pictory.api_key.clone();
+    let mut apps = vec![first];
+    for _ in 1..n {
+        let (base_url, api_key) = (base_url.clone(), api_key.clone());
+        let mut options = Options::new(move |config| {
+            configure(config);
+            config.pictory.base_url = base_url;
+            config.pictory.api_key = api_key;
+        });
+        options.db = Some(apps[0].db.alias());
+        options.clock = Some(apps[0].clock.clone());
+        apps.push(spawn(options).await);
+    }
+    apps
+}
+
+/// Most calls in any closed one-second window (the limiter's own definition).
+fn busiest_second(calls: &[GetCall]) -> usize {
+    calls
+        .iter()
+        .map(|c| {
+            calls
+                .iter()
+                .filter(|d| d.at_ms >= c.at_ms && d.at_ms <= c.at_ms + 1000)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Get Job calls this replica made, whatever their result.
+async fn calls_made(app: &TestApp) -> f64 {
+    app.metrics()
+        .await
+        .lines()
+        .filter(|line| line.starts_with("jobhook_pictory_get_job_calls_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Registers `jobs` completed jobs named `prefix-N`, spread over the replicas, all due at once.
+async fn register_due(apps: &[TestApp], prefix: &str, jobs: usize) -> Vec<String> {
+    let mock = apps[0].mock();
+    let mut ids = Vec::new();
+    for n in 0..jobs {
+        let id = format!("{prefix}-{n}");
+        mock.set_state(&id, MockState::Completed);
+        apps[n % apps.len()].register(&id).await;
+        ids.push(id);
+    }
+    ids
+}
+
+/// Waits (30 s at most) until every job is completed.
+async fn wait_all_completed(app: &TestApp, ids: &[String]) {
+    for id in ids {
+        let job = app.wait_final(id).await;
+        assert_eq!(job["status"], "completed", "{job}");
+    }
+}
+
+fn rate_10_grace_1s(config: &mut Config) {
+    config.reconcile.rate = 10;
+    config.reconcile.grace = Duration::from_secs(1);
+    config.reconcile.interval = Duration::from_secs(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_together_never_exceed_the_rate_in_any_closed_second() {
+    if !postgres_only() {
+        return;
+    }
+    let apps = replicas(3, rate_10_grace_1s).await;
+    let ids = register_due(&apps, "paced", 60).await;
+    wait_all_completed(&apps[0], &ids).await;
+    let calls = apps[0].mock().get_calls();
+    assert_eq!(calls.len(), 60, "one call per job");
+    assert!(
+        busiest_second(&calls) <= 10,
+        "{} calls in one second from three replicas at reconcile.rate = 10",
+        busiest_second(&calls)
+    );
+    // Every replica polled, so the limit held for their calls together, not each alone.
+    for app in &apps {
+        assert!(calls_made(app).await >= 1.0, "each replica made calls");
+    }
+    // And the rate is used: 60 calls at 10 per second take about six seconds, not thirty.
+    let span = calls.last().unwrap().at_ms - calls.first().unwrap().at_ms;
+    assert!(span < 9_000, "60 calls took {span} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_seen_by_one_replica_holds_back_every_replica() {
+    if !postgres_only() {
+        return;
+    }
+    let apps = replicas(3, rate_10_grace_1s).await;
+    apps[0].mock().force_next(Forced {
+        status: 429,
+        retry_after: Some("2".into()),
+        ..Default::default()
+    });
+    let ids = register_due(&apps, "held", 30).await;
+    wait_all_completed(&apps[0], &ids).await;
+    let calls = apps[0].mock().get_calls();
+    let throttled = calls.iter().find(|c| c.status == 429).expect("the 429");
+    // The calls already under way when the 429 came back are like calls in flight: allowed a
+    // few tens of milliseconds; after that nobody calls until Retry-After has passed.
+    let during_hold: Vec<i64> = calls
+        .iter()
+        .filter(|c| c.at_ms > throttled.at_ms + 50 && c.at_ms < throttled.at_ms + 2_000)
+        .map(|c| c.at_ms - throttled.at_ms)
+        .collect();
+    assert!(
+        during_hold.is_empty(),
+        "calls {during_hold:?} ms after a 429 with Retry-After: 2"
+    );
+    assert_eq!(
+        calls.len(),
+        31,
+        "every job once, and the refused call again"
+    );
+    assert!(busiest_second(&calls) <= 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_failure_seen_by_one_replica_pauses_every_replica_until_a_probe_succeeds() {
+    if !postgres_only() {
+        return;
+    }
+    let apps = replicas(3, rate_10_grace_1s).await;
+    apps[0].mock().force_next(Forced {
+        status: 401,
+        body: "{\"message\":\"Unauthorized\"}".into(),
+        ..Default::default()
+    });
+    let ids = register_due(&apps, "paused", 12).await;
+    // Every replica reports the pause, whichever one met the 401.
+    for app in &apps {
+        let mut paused = false;
+        for _ in 0..300 {
+            let ready: Value = app.get("/readyz").await.json().await.unwrap();
+            if ready["pictory"]
+                .as_str()
+                .is_some_and(|p| p.contains("polling paused"))
+            {
+                paused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(paused, "a replica did not hear of the pause");
+    }
+    wait_all_completed(&apps[0], &ids).await;
+    let calls = apps[0].mock().get_calls();
+    let refused = calls.iter().find(|c| c.status == 401).expect("the 401");
+    // Paused: nothing until the probe, one interval (2 s) later, made by one replica only.
+    let after: Vec<i64> = calls
+        .iter()
+        .filter(|c| c.at_ms > refused.at_ms + 50)
+        .map(|c| c.at_ms - refused.at_ms)
+        .collect();
+    assert!(
+        after.first().is_some_and(|&first| first >= 1_975),
+        "calls at {after:?} ms after the 401, before the probe"
+    );
+    // After the probe got through, polling resumed everywhere.
+    for app in &apps {
+        let ready: Value = app.get("/readyz").await.json().await.unwrap();
+        assert!(ready["pictory"].is_null(), "{ready}");
+    }
+}
