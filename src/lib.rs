@@ -18,6 +18,7 @@ pub mod notify;
 pub mod pictory;
 pub mod reconcile;
 pub mod retention;
+mod retry;
 pub mod signature;
 pub mod state;
 pub mod store;

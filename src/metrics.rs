@@ -76,6 +76,7 @@ pub struct Metrics {
     pub connections_refused: Family<ListenerLabel, Counter>,
     pub connections_closed: Family<ClosedLabels, Counter>,
     pub accept_errors: Family<AcceptErrorLabels, Counter>,
+    pub replicas: Gauge,
 }
 
 /// Takes one off its gauge when dropped (however the holder ends).
@@ -199,7 +200,14 @@ impl Metrics {
             "Failed accepts, by error (emfile: out of file descriptors; enfile; other)",
             accept_errors.clone(),
         );
+        let replicas = Gauge::default();
+        registry.register(
+            "replicas",
+            "Replicas sharing the database seen alive in the last 30 s (1 on SQLite)",
+            replicas.clone(),
+        );
         Metrics {
+            replicas,
             registry,
             deliveries,
             duplicates,

@@ -448,16 +448,24 @@ impl Reconciler {
         let wake = self.poller.wake.clone();
         // Another replica's hold, pause or resume wakes the loop, which then looks at it.
         let mut pace_news = self.poller.shared.as_ref().map(|s| s.pace.announcements());
+        let mut backoff = crate::retry::Backoff::default();
         loop {
             // Anything scheduled from here on wakes the sleep below, even if it lands between
             // the step's read of the schedule and the sleep.
             wake.reading();
             let now = clock.now_ms();
             let wake_at = match self.step(now).await {
-                Ok(at) => at,
+                Ok(at) => {
+                    if backoff.failures() > 0 {
+                        tracing::info!("the reconciler reads its schedule again");
+                    }
+                    backoff.succeeded();
+                    at
+                }
                 Err(err) => {
-                    tracing::warn!(error = %err, "reconciler cannot read its schedule; retrying");
-                    now + 1_000
+                    let wait = backoff.failed();
+                    tracing::warn!(error = %err, wait_ms = wait, "reconciler cannot read its schedule; retrying");
+                    now + wait
                 }
             };
             wake.plan(wake_at);

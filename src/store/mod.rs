@@ -212,9 +212,13 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Closes every connection (checkpointing what the database needs to).
     async fn close(&self);
-    /// Periodic upkeep the database needs (for SQLite: checkpointing the WAL). Called about
-    /// once a second.
-    async fn maintain(&self) -> Result<(), StoreError>;
+    /// Periodic upkeep the database needs (for SQLite: checkpointing the WAL; for PostgreSQL:
+    /// marking this replica alive and freeing the leases of replicas that are gone). Called
+    /// about once a second.
+    async fn maintain(&self, now: i64) -> Result<(), StoreError>;
+    /// Replicas seen alive in the last 30 s (`jobhook_replicas`); 1 on SQLite, which one
+    /// process owns.
+    async fn replicas_alive(&self) -> Result<i64, StoreError>;
     /// True when the database takes a write and no migration is pending.
     async fn ready(&self, now: i64) -> Result<(), StoreError>;
 

@@ -5,6 +5,7 @@
 
 use crate::helpers::*;
 use jobhook::config::Config;
+use jobhook::domain::time::Clock;
 use jobhook::mock::{Forced, GetCall, MockOptions, MockState};
 use serde_json::Value;
 use std::time::Duration;
@@ -199,4 +200,199 @@ async fn an_auth_failure_seen_by_one_replica_pauses_every_replica_until_a_probe_
         let ready: Value = app.get("/readyz").await.json().await.unwrap();
         assert!(ready["pictory"].is_null(), "{ready}");
     }
+}
+
+/// Jobs leased by each lease owner now, and the owners whose process is alive (holds its
+/// lease-owner lock).
+async fn leases_and_live_owners(url: &str) -> (Vec<(String, i64)>, Vec<i64>) {
+    use sqlx::Connection as _;
+    let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+    let leased: Vec<(String, i64)> =
+        sqlx::query_as("SELECT job_id, lease_owner FROM jobs WHERE leased AND job_id IS NOT NULL")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    // 27240 = 0x6a68, the class of every lease-owner lock ("jh").
+    let live: Vec<i64> = sqlx::query_scalar(
+        "SELECT objid::BIGINT FROM pg_locks WHERE locktype = 'advisory' AND classid = 27240 \
+         AND objsubid = 2 AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    (leased, live)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_lose_no_acknowledged_webhook_when_one_is_killed_and_the_others_poll_its_jobs(
+) {
+    use crate::crash::start_with;
+    use jobhook::domain::time::SystemClock;
+    use jobhook::mock::MockPictory;
+    use std::sync::{Arc, Mutex};
+    use tokio_util::sync::CancellationToken;
+
+    if !postgres_only() {
+        return;
+    }
+    let mock = MockPictory::new(
+        MockOptions {
+            job_duration: Duration::from_secs(600),
+            drop_rate: 1.0,
+            ..MockOptions::default()
+        },
+        Arc::new(SystemClock),
+    );
+    let base_url = mock.spawn().await.unwrap();
+    // Verify mode: every webhook asks for a Get Job call, far more than 20 a second can make,
+    // so each replica always holds claimed (leased) jobs waiting for their slots.
+    let env = [
+        ("JOBHOOK_PICTORY_API_KEY", "pictai_cluster_test"),
+        ("JOBHOOK_PICTORY_BASE_URL", base_url.as_str()),
+        ("JOBHOOK_RECONCILE_RATE", "20"),
+    ];
+    let db = TestDb::fresh().await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(start_with(&db, &env).await);
+    }
+    let urls: Vec<String> = replicas.iter().map(|r| r.webhook_url.clone()).collect();
+    let acked: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let stop = CancellationToken::new();
+    let senders: Vec<_> = (0..4)
+        .map(|sender| {
+            let (urls, acked, stop, mock) =
+                (urls.clone(), acked.clone(), stop.clone(), mock.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for n in 0.. {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    let job = format!("rr-{sender}-{n}");
+                    mock.set_state(&job, MockState::Completed);
+                    // Round robin over the replicas, the dead one included.
+                    let url = &urls[(sender + n) % urls.len()];
+                    let Ok(response) = client
+                        .post(url)
+                        .body(completed_body(&job).to_string())
+                        .send()
+                        .await
+                    else {
+                        continue;
+                    };
+                    if response.status() != 200 {
+                        continue;
+                    }
+                    let Ok(ack) = response.json::<Value>().await else {
+                        continue;
+                    };
+                    acked
+                        .lock()
+                        .unwrap()
+                        .push((job, ack["delivery_id"].as_i64().unwrap()));
+                }
+            })
+        })
+        .collect();
+    let acked_count = || acked.lock().unwrap().len();
+    while acked_count() < 90 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Kill one replica mid-load, right after noting which jobs each replica holds.
+    let (leased, live_before) = leases_and_live_owners(&db.url).await;
+    let mut victim = replicas.remove(2);
+    victim.child.kill().await.unwrap();
+    let killed_at = SystemClock.now_ms();
+    let mut dead_owner = None;
+    for _ in 0..100 {
+        let (_, live) = leases_and_live_owners(&db.url).await;
+        let gone: Vec<i64> = live_before
+            .iter()
+            .copied()
+            .filter(|owner| !live.contains(owner))
+            .collect();
+        if let [owner] = gone[..] {
+            dead_owner = Some(owner);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dead_owner = dead_owner.expect("the killed replica's lease-owner lock ended");
+    let orphaned: Vec<String> = leased
+        .into_iter()
+        .filter(|(_, owner)| *owner == dead_owner)
+        .map(|(job, _)| job)
+        .collect();
+    assert!(
+        !orphaned.is_empty(),
+        "the killed replica held leased jobs when it died"
+    );
+    // The survivors take more webhooks, then the load stops.
+    let after_kill = acked_count();
+    while acked_count() < after_kill + 30 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+
+    let survivor = &replicas[0];
+    let acked = acked.lock().unwrap().clone();
+    for (job, delivery_id) in &acked {
+        let delivery = survivor.get(&format!("/v1/deliveries/{delivery_id}")).await;
+        assert_eq!(
+            delivery.status(),
+            200,
+            "delivery {delivery_id} of {job} was acknowledged, then lost"
+        );
+        let delivery: Value = delivery.json().await.unwrap();
+        assert_eq!(&delivery["job_id"], job);
+    }
+    // Every acknowledged job is polled to the end by the replicas still alive, the killed
+    // one's leased jobs too, long before their leases (90 s) would have run out.
+    for (job, _) in &acked {
+        let status: Value = survivor.get_json(&format!("/v1/jobs/{job}?wait=60s")).await;
+        assert_eq!(status["status"], "completed", "{job}: {status}");
+    }
+    let calls = mock.get_calls();
+    let polled_after_kill = orphaned
+        .iter()
+        .filter(|job| {
+            calls
+                .iter()
+                .any(|c| &c.job_id == *job && c.at_ms > killed_at && c.at_ms < killed_at + 60_000)
+        })
+        .count();
+    assert!(
+        polled_after_kill > 0,
+        "none of the killed replica's leased jobs {orphaned:?} was polled by the others"
+    );
+    assert!(busiest_second(&calls) <= 20);
+}
+
+async fn count(app: &TestApp) -> Option<f64> {
+    metric_value(&app.metrics().await, "jobhook_replicas")
+}
+
+#[tokio::test]
+async fn metrics_count_the_replicas_alive_and_a_stopped_one_drops_out() {
+    if !postgres_only() {
+        return;
+    }
+    let mut apps = replicas(3, |_| {}).await;
+    for app in &apps {
+        assert_eq!(count(app).await, Some(3.0));
+    }
+    let mut stopped = apps.pop().unwrap();
+    stopped.stop().await.unwrap();
+    assert_eq!(
+        count(&apps[0]).await,
+        Some(2.0),
+        "a replica that stops says so"
+    );
 }

@@ -602,8 +602,11 @@ impl Store for FaultyStore {
     async fn close(&self) {
         self.inner.close().await
     }
-    async fn maintain(&self) -> Result<(), StoreError> {
-        self.inner.maintain().await
+    async fn maintain(&self, now: i64) -> Result<(), StoreError> {
+        self.inner.maintain(now).await
+    }
+    async fn replicas_alive(&self) -> Result<i64, StoreError> {
+        self.inner.replicas_alive().await
     }
     async fn ready(&self, now: i64) -> Result<(), StoreError> {
         self.faults.check()?;

@@ -87,6 +87,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .set(i64::from(pace.effective_rate));
         state.metrics.throttled.set(i64::from(pace.throttled()));
     }
+    match state.store.replicas_alive().await {
+        Ok(count) => {
+            state.metrics.replicas.set(count);
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot count the live replicas for metrics"),
+    }
     match state.store.overdue(now).await {
         Ok((count, oldest)) => {
             state.metrics.overdue_jobs.set(count);
