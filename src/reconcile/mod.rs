@@ -323,7 +323,7 @@ pub struct Reconciler {
     /// Claimed (leased) jobs waiting for a rate-limit slot, oldest due first.
     ready: VecDeque<Claimed>,
     /// With a shared pace: claimed jobs holding a slot of the shared schedule, earliest first.
-    slotted: VecDeque<(i64, Claimed)>,
+    slotted: VecDeque<shared::Slotted>,
     /// With a shared pace: ticks when another replica announces a hold, a pause or a resume.
     pace_news: Option<watch::Receiver<u64>>,
     in_flight: JoinSet<()>,
@@ -424,9 +424,8 @@ impl Reconciler {
     /// Releases the claimed jobs no call was made for: due again at once.
     async fn give_back(&mut self) {
         if !self.slotted.is_empty() {
-            let slots: Vec<i64> = self.slotted.iter().map(|(slot, _)| *slot).collect();
-            self.ready
-                .extend(self.slotted.drain(..).map(|(_, job)| job));
+            let slots: Vec<i64> = self.slotted.iter().map(|s| s.at).collect();
+            self.ready.extend(self.slotted.drain(..).map(|s| s.job));
             if let Some(shared) = &self.poller.shared {
                 self.poller.give_back_slots(shared, slots).await;
             }

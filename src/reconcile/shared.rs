@@ -30,7 +30,9 @@ use super::limiter::RateLimiter;
 use super::{AuthPause, Poller, Reconciler, RefreshError, IDLE_WAKE_MS, MAX_IN_FLIGHT};
 use crate::domain::time::millis;
 use crate::pictory::GetJob;
-use crate::store::{PaceChange, PaceOutcome, PaceState, PauseState, SharedPace, StoreError};
+use crate::store::{
+    Claimed, PaceChange, PaceOutcome, PaceState, PauseState, SharedPace, StoreError,
+};
 use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -64,6 +66,14 @@ impl Shared {
             lead_ms: AtomicI64::new(0),
         }
     }
+}
+
+/// A claimed job and the slot its call starts at.
+pub(super) struct Slotted {
+    pub(super) at: i64,
+    pub(super) job: Claimed,
+    /// Granted while polling was paused: the one probe, which the pause does not void.
+    probe: bool,
 }
 
 /// What a slot is for.
@@ -106,14 +116,22 @@ impl Poller {
         }
     }
 
-    /// Until when a hold or an auth pause keeps every call back, as last seen.
-    fn blocked_until(&self, now: i64) -> Option<i64> {
-        let held = lock(&self.limiter).held_until(now);
-        let probe = lock(&self.pause)
+    /// Until when a `429`'s hold keeps every call back, as last seen.
+    fn held_until(&self, now: i64) -> Option<i64> {
+        lock(&self.limiter).held_until(now)
+    }
+
+    /// While polling is paused and the next probe is not due: until when, as last seen.
+    fn paused_until(&self, now: i64) -> Option<i64> {
+        lock(&self.pause)
             .as_ref()
             .map(|p| p.next_probe_at)
-            .filter(|&at| at > now);
-        held.max(probe)
+            .filter(|&at| at > now)
+    }
+
+    /// Until when a hold or an auth pause keeps every call back, as last seen.
+    fn blocked_until(&self, now: i64) -> Option<i64> {
+        self.held_until(now).max(self.paused_until(now))
     }
 
     /// The earliest a call could start, as last seen: when to try for a slot again.
@@ -349,32 +367,37 @@ impl Reconciler {
             poller.refresh_pace().await;
         }
         if let Some(until) = poller.blocked_until(now) {
-            // A 429's hold or an auth pause: the slots held here that it covers are void.
-            self.unslot_before(until);
-            if until - now > 1_000 {
-                // The claimed jobs must not outlive their leases here.
-                self.give_back().await;
+            // A 429's hold voids the slots held here that it covers; a pause voids every slot
+            // but the probe it granted itself.
+            let held = poller.held_until(now);
+            let paused = poller.paused_until(now).is_some();
+            self.void_slots(held, paused);
+            if self.slotted.is_empty() {
+                if until - now > 1_000 {
+                    // The claimed jobs must not outlive their leases here.
+                    self.give_back().await;
+                }
+                return Ok(until);
             }
-            return Ok(until);
         }
         // A few rounds at most: a slot missed, then a new reservation.
         for _ in 0..3 {
-            if let Some(&(slot, _)) = self.slotted.front() {
+            if let Some(slot) = self.slotted.front().map(|s| s.at) {
                 if slot > now {
                     return Ok(slot);
                 }
                 let started = poller.clock.now_ms().max(now);
                 if started - slot > WINDOW_MARGIN_MS {
                     // Too late for its slot: no call; the job waits for another slot.
-                    if let Some((_, job)) = self.slotted.pop_front() {
-                        self.ready.push_front(job);
+                    if let Some(missed) = self.slotted.pop_front() {
+                        self.ready.push_front(missed.job);
                     }
                     continue;
                 }
                 if self.in_flight.len() >= MAX_IN_FLIGHT {
                     return Ok(now + IDLE_WAKE_MS);
                 }
-                if let Some((_, job)) = self.slotted.pop_front() {
+                if let Some(Slotted { job, .. }) = self.slotted.pop_front() {
                     let poller = poller.clone();
                     self.in_flight.spawn(async move {
                         if let Err(err) = poller.poll(&job).await {
@@ -385,7 +408,7 @@ impl Reconciler {
                 let next = self
                     .slotted
                     .front()
-                    .map_or_else(|| poller.free_hint(started), |&(slot, _)| slot);
+                    .map_or_else(|| poller.free_hint(started), |s| s.at);
                 return Ok(next.max(now + 1));
             }
             let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
@@ -415,25 +438,28 @@ impl Reconciler {
                 }
                 return Ok(free_at.max(now + 1));
             }
-            for slot in slots {
+            // Still paused after the reservation: what it granted is the probe.
+            let probe = lock(&poller.pause).is_some();
+            for at in slots {
                 if let Some(job) = self.ready.pop_front() {
-                    self.slotted.push_back((slot, job));
+                    self.slotted.push_back(Slotted { at, job, probe });
                 }
             }
         }
         Ok(now + 1)
     }
 
-    /// Takes the slots before `until` (inside a hold or a pause) from their jobs, which wait
-    /// for new ones, first in line.
-    fn unslot_before(&mut self, until: i64) {
+    /// Takes from their jobs the slots inside a hold (before `held`) and, while `paused`,
+    /// every slot but a probe; the jobs wait for new slots, first in line.
+    fn void_slots(&mut self, held: Option<i64>, paused: bool) {
         let mut kept = std::collections::VecDeque::new();
         let mut freed = Vec::new();
-        for (slot, job) in self.slotted.drain(..) {
-            if slot < until {
-                freed.push(job);
+        for slotted in self.slotted.drain(..) {
+            let void = held.is_some_and(|until| slotted.at < until) || (paused && !slotted.probe);
+            if void {
+                freed.push(slotted.job);
             } else {
-                kept.push_back((slot, job));
+                kept.push_back(slotted);
             }
         }
         self.slotted = kept;

@@ -110,9 +110,10 @@ fn read_payload(origin: &str, payload: &str) -> Option<Heard> {
     if let Some(from) = parse_pace(payload) {
         return (from != origin).then_some(Heard::Pace);
     }
-    match (parse_payload(payload), parse_ping(origin, payload)) {
+    match (parse_payload(payload), parse_ping(payload)) {
         (Some((from, pks)), _) => (from != origin).then_some(Heard::Changed(pks)),
-        (None, Some(ping)) => Some(Heard::Ping(ping)),
+        // Every replica pings itself on the one channel: the others' pings are not news.
+        (None, Some((from, ping))) => (from == origin).then_some(Heard::Ping(ping)),
         (None, None) => {
             tracing::warn!(payload, "unreadable change announcement");
             None
@@ -255,9 +256,10 @@ fn ping_payload(origin: &str, ping: u64) -> String {
     format!("{origin}!{ping}")
 }
 
-fn parse_ping(origin: &str, payload: &str) -> Option<u64> {
+/// The origin and number of a payload made by [`ping_payload`].
+fn parse_ping(payload: &str) -> Option<(&str, u64)> {
     let (from, ping) = payload.split_once('!')?;
-    (from == origin).then(|| ping.parse().ok()).flatten()
+    Some((from, ping.parse().ok()?))
 }
 
 async fn newest_entry(pool: &PgPool) -> Result<i64, StoreError> {
