@@ -396,3 +396,52 @@ async fn metrics_count_the_replicas_alive_and_a_stopped_one_drops_out() {
         "a replica that stops says so"
     );
 }
+
+/// POSTs a video with `key` to `app`, returning the status and the body's text.
+async fn submit_with_key(app: &TestApp, key: &str) -> (u16, String) {
+    let response = app
+        .client
+        .post(format!("{}/v1/videos", app.api_url))
+        .bearer_auth(TOKEN)
+        .header("idempotency-key", key)
+        .json(&serde_json::json!({"prompt": "a lighthouse in a storm", "metadata": {"n": 1}}))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_sent_at_once_to_two_replicas_makes_one_generate_call() {
+    if !postgres_only() {
+        return;
+    }
+    let apps = replicas(2, |_| {}).await;
+    let mock = apps[0].mock().clone();
+    for round in 0..3 {
+        // Pictory takes a second to answer, so the twin arrives while the first is in flight.
+        mock.force_next_generate(Forced {
+            status: 200,
+            body: format!("{{\"success\": true, \"data\": {{\"jobId\": \"twin-{round}\"}}}}"),
+            delay: Duration::from_secs(1),
+            ..Default::default()
+        });
+        let before = mock.generate_attempts();
+        let key = format!("same-key-{round}");
+        let (a, b) = tokio::join!(
+            submit_with_key(&apps[round % 2], &key),
+            submit_with_key(&apps[(round + 1) % 2], &key)
+        );
+        assert_eq!(
+            mock.generate_attempts() - before,
+            1,
+            "one Generate call per key"
+        );
+        assert_eq!(a.0, 201, "{}", a.1);
+        assert_eq!(a, b, "both replicas answer exactly what the call answered");
+        let job: Value = serde_json::from_str(&a.1).unwrap();
+        assert_eq!(job["job_id"], format!("twin-{round}"));
+        // And later, on either replica, the key replays the same answer.
+        assert_eq!(submit_with_key(&apps[1], &key).await, a);
+    }
+}
