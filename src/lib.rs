@@ -8,6 +8,7 @@ pub mod app;
 pub mod changes;
 pub mod cli;
 pub mod config;
+pub mod copy_db;
 pub mod demo;
 pub mod domain;
 pub mod http;

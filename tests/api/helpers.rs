@@ -405,6 +405,20 @@ impl TestDb {
         }
     }
 
+    /// A fresh PostgreSQL database, whatever backend this run tests; None without a server.
+    pub async fn fresh_postgres_if_any() -> Option<TestDb> {
+        match postgres_server() {
+            Some(server) => Some(TestDb::fresh_postgres(server).await),
+            None => None,
+        }
+    }
+
+    /// A fresh SQLite file, whatever backend this run tests.
+    pub fn fresh_sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        TestDb::sqlite_at(&dir.path().join("jobhook.db"), Some(dir))
+    }
+
     /// A SQLite file at `path` (kept with `dir`, when given).
     pub fn sqlite_at(path: &Path, dir: Option<TempDir>) -> TestDb {
         TestDb {

@@ -9,6 +9,7 @@ mod hostile;
 
 mod cli;
 mod cluster;
+mod copy_db;
 mod crash;
 mod deliveries;
 mod faults;
