@@ -134,6 +134,10 @@ impl Service {
                 "polls and notifications interrupted by the last stop are due again"
             );
         }
+        // Upkeep once before serving: with replicas, this one counts itself alive from now on.
+        if let Err(err) = store.maintain(clock.now_ms()).await {
+            tracing::warn!(error = %err, "database upkeep failed; will retry");
+        }
         let state = AppState::new(config, store, clock)?;
         // Other replicas' changes reach this one's long-polls, event streams, cache and
         // reconciler as if they had been made here. Listening starts before start() returns.
@@ -183,7 +187,11 @@ impl Service {
         let stop = state.stopping.clone();
         let mut tasks = vec![
             tokio::spawn(retention::run(state.clone(), stop.child_token())),
-            tokio::spawn(maintain(store.clone(), stop.child_token())),
+            tokio::spawn(maintain(
+                store.clone(),
+                state.clock.clone(),
+                stop.child_token(),
+            )),
         ];
         if let Some(poller) = &state.poller {
             let reconciler = Reconciler::new(poller.clone());
@@ -277,7 +285,7 @@ async fn relay_others(mut others: OthersChanges, store: Arc<dyn Store>, changes:
 }
 
 /// Runs the database's upkeep about once a second until `stop`.
-async fn maintain(store: Arc<dyn Store>, stop: CancellationToken) {
+async fn maintain(store: Arc<dyn Store>, clock: Arc<dyn Clock>, stop: CancellationToken) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -285,7 +293,7 @@ async fn maintain(store: Arc<dyn Store>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        if let Err(err) = store.maintain().await {
+        if let Err(err) = store.maintain(clock.now_ms()).await {
             tracing::warn!(error = %err, "database upkeep failed; will retry");
         }
     }

@@ -38,6 +38,22 @@ pub enum Command {
     Demo,
     /// Run a fake Pictory (Generate Video and Get Job, with webhooks) for integration tests.
     MockPictory(MockArgs),
+    /// Copy every job, delivery, history entry, notification and key to another database
+    /// (SQLite to PostgreSQL and back). Stop the service first for an up-to-the-moment copy.
+    CopyDb(CopyDbArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CopyDbArgs {
+    /// The database to copy: sqlite://PATH or postgres://...
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The database to copy into (migrated first; a SQLite file is created if missing).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Delete what the target already holds, instead of refusing a target that is not empty.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {

@@ -31,6 +31,10 @@ fn main() -> ExitCode {
     if let Command::Demo = &cli.command {
         return run_demo();
     }
+    if let Command::CopyDb(args) = &cli.command {
+        // Needs no configuration: both databases are named on the command line.
+        return run_copy_db(args);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -82,7 +86,10 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Healthcheck { .. } | Command::MockPictory(_) | Command::Demo => Ok(()),
+            Command::Healthcheck { .. }
+            | Command::MockPictory(_)
+            | Command::Demo
+            | Command::CopyDb(_) => Ok(()),
         }
     });
     match result {
@@ -141,6 +148,45 @@ fn run_mock(args: &jobhook::cli::MockArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("jobhook: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_copy_db(args: &jobhook::cli::CopyDbArgs) -> ExitCode {
+    jobhook::telemetry::init_with_default(jobhook::config::LogFormat::Text, "warn");
+    // Drawn on stderr when it is a terminal, hidden otherwise.
+    let progress = indicatif::ProgressBar::new(0);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>16} [{bar:40}] {pos}/{len} rows ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let options = jobhook::copy_db::CopyOptions {
+        replace: args.replace,
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(jobhook::copy_db::copy_db(
+                &args.from, &args.to, options, &progress,
+            ))
+        });
+    match result {
+        Ok(copied) => {
+            for (table, rows) in &copied.tables {
+                println!("{table:<17} {rows:>10} rows");
+            }
+            println!("copied {} rows", copied.total());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            progress.abandon();
+            eprintln!("jobhook copy-db: {err:#}");
             ExitCode::FAILURE
         }
     }

@@ -111,6 +111,7 @@ pub struct Metrics {
     pub connections_refused: Family<ListenerLabel, Counter>,
     pub connections_closed: Family<ClosedLabels, Counter>,
     pub accept_errors: Family<AcceptErrorLabels, Counter>,
+    pub replicas: Gauge,
 }
 
 /// Takes one off its gauge when dropped (however the holder ends).
@@ -236,7 +237,14 @@ impl Metrics {
         );
         let credits_used = CreditsUsed::default();
         registry.register_collector(Box::new(credits_used.clone()));
+        let replicas = Gauge::default();
+        registry.register(
+            "replicas",
+            "Replicas sharing the database seen alive in the last 30 s (1 on SQLite)",
+            replicas.clone(),
+        );
         Metrics {
+            replicas,
             registry,
             credits_used,
             deliveries,

@@ -131,13 +131,18 @@ impl Notifier {
 
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut changes = self.changes.subscribe();
+        let mut backoff = crate::retry::Backoff::default();
         loop {
             let now = self.clock.now_ms();
             let wake_at = match self.step(now).await {
-                Ok(at) => at,
+                Ok(at) => {
+                    backoff.succeeded();
+                    at
+                }
                 Err(err) => {
-                    tracing::warn!(error = %err, "notifier cannot read the outbox; retrying");
-                    now + 1_000
+                    let wait = backoff.failed();
+                    tracing::warn!(error = %err, wait_ms = wait, "notifier cannot read the outbox; retrying");
+                    now + wait
                 }
             };
             let wait = Duration::from_millis(u64::try_from(wake_at - now).unwrap_or(0));

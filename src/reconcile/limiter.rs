@@ -16,6 +16,7 @@
 //! one call per second for each second without a `429`, up to the configured rate, which is
 //! never exceeded.
 
+use crate::store::PaceState;
 use std::collections::VecDeque;
 
 /// Window length; a call exactly one window after another is still inside it (closed window).
@@ -50,6 +51,10 @@ pub struct RateLimiter {
     /// The hold for the next `429` without `Retry-After`.
     blind_hold_ms: i64,
     max_hold_ms: i64,
+    /// Added to the window a call must leave before another may take its place: 0 in one
+    /// process, where a slot is stamped when its call really starts; a few milliseconds on a
+    /// schedule shared by replicas, where a call may start that much after its slot.
+    window_margin_ms: i64,
 }
 
 impl RateLimiter {
@@ -66,6 +71,70 @@ impl RateLimiter {
             hold_until: i64::MIN,
             blind_hold_ms: FIRST_BLIND_HOLD_MS,
             max_hold_ms: max_hold_ms.max(FIRST_BLIND_HOLD_MS),
+            window_margin_ms: 0,
+        }
+    }
+
+    /// The limiter of several replicas, over their shared `state`: the same arithmetic, with
+    /// the closed window widened by `window_margin_ms`, since a replica starts its call a little
+    /// after the slot it was given (and a call that would start later than that is not made).
+    pub fn shared(rate: u32, max_hold_ms: i64, window_margin_ms: i64, state: &PaceState) -> Self {
+        let mut limiter = RateLimiter::new(rate, max_hold_ms);
+        limiter.window_margin_ms = window_margin_ms.max(0);
+        limiter.effective = state
+            .effective
+            .and_then(|e| usize::try_from(e).ok())
+            .map_or(limiter.rate, |e| e.max(1));
+        limiter.calm_since = state.calm_since;
+        limiter.halved_at = state.halved_at;
+        // A replica with a lower rate than the others keeps the newest of the slots.
+        let skip = state.recent.len().saturating_sub(limiter.rate);
+        limiter.recent = state.recent.iter().skip(skip).copied().collect();
+        limiter.next_slot_us = state.next_slot;
+        limiter.hold_until = state.hold_until;
+        limiter.blind_hold_ms = state
+            .blind_hold_ms
+            .unwrap_or(FIRST_BLIND_HOLD_MS)
+            .clamp(FIRST_BLIND_HOLD_MS, limiter.max_hold_ms);
+        limiter
+    }
+
+    /// Writes this limiter's state into `state` (the pause is not the limiter's).
+    pub fn save(&self, state: &mut PaceState) {
+        state.effective = i64::try_from(self.effective).ok();
+        state.calm_since = self.calm_since;
+        state.halved_at = self.halved_at;
+        state.recent = self.recent.iter().copied().collect();
+        state.next_slot = self.next_slot_us;
+        state.hold_until = self.hold_until;
+        state.blind_hold_ms = Some(self.blind_hold_ms);
+    }
+
+    /// Takes up to `n` slots, the first at or after `from`, none after `until`: the slots
+    /// are taken as if each call started exactly on time.
+    pub fn reserve(&mut self, from: i64, until: i64, n: usize) -> Vec<i64> {
+        let mut slots = Vec::new();
+        let mut at = from;
+        while slots.len() < n {
+            at = self.free_at(at);
+            if at > until || !self.try_acquire(at) {
+                break;
+            }
+            slots.push(at);
+        }
+        slots
+    }
+
+    /// Gives back slots taken by [`RateLimiter::reserve`] whose calls were never made: they
+    /// no longer count in the window, and when no later slot was taken meanwhile the even
+    /// spread resumes at the earliest of them.
+    pub fn give_back(&mut self, slots: &[i64]) {
+        let Some(&earliest) = slots.iter().min() else {
+            return;
+        };
+        self.recent.retain(|at| !slots.contains(at));
+        if self.recent.back().is_none_or(|&last| last < earliest) {
+            self.next_slot_us = self.next_slot_us.min(earliest.saturating_mul(1000));
         }
     }
 
@@ -115,9 +184,9 @@ impl RateLimiter {
             now
         } else {
             // The oldest of the last `rate` calls must have left the guarded window.
-            self.recent
-                .front()
-                .map_or(now, |&oldest| (oldest + GUARDED_WINDOW_MS + 1).max(now))
+            self.recent.front().map_or(now, |&oldest| {
+                (oldest + GUARDED_WINDOW_MS + 1 + self.window_margin_ms).max(now)
+            })
         };
         // The next slot, rounded up to the millisecond.
         let slot = self.next_slot_us.saturating_add(999).div_euclid(1000);
@@ -312,7 +381,72 @@ mod tests {
         assert!(busiest_window(&calls) <= 20);
     }
 
+    #[test]
+    fn the_shared_state_round_trips_and_a_rate_lowered_keeps_the_newest_slots() {
+        let mut limiter = RateLimiter::new(4, 3_000);
+        // Four calls per guarded window (1.025 s): 256.25 ms apart, rounded up to the ms.
+        assert_eq!(limiter.reserve(0, 2_000, 3), [0, 257, 513]);
+        limiter.throttled(600, None);
+        let mut state = PaceState::default();
+        limiter.save(&mut state);
+        let again = RateLimiter::shared(4, 3_000, 0, &state);
+        let mut saved_again = PaceState::default();
+        again.save(&mut saved_again);
+        assert_eq!(saved_again, state);
+        assert_eq!(again.free_at(600), limiter.free_at(600));
+        let lower = RateLimiter::shared(2, 3_000, 0, &state);
+        let mut lowered = PaceState::default();
+        lower.save(&mut lowered);
+        assert_eq!(lowered.recent, [257, 513]);
+    }
+
+    #[test]
+    fn reserved_slots_follow_the_spread_and_given_back_ones_are_taken_again() {
+        let mut limiter = RateLimiter::new(5, 3_000);
+        // Five calls per guarded window (1.025 s): 205 ms apart.
+        assert_eq!(
+            limiter.reserve(0, 500, 10),
+            [0, 205, 410],
+            "none after `until`"
+        );
+        // The last two are given back (never called): the spread resumes at the first of them.
+        limiter.give_back(&[205, 410]);
+        assert_eq!(limiter.reserve(100, 1_000, 2), [205, 410]);
+        // A slot given back with a later one kept leaves the spread where it is.
+        limiter.give_back(&[205]);
+        assert_eq!(limiter.reserve(100, 1_000, 1), [615]);
+    }
+
     proptest! {
+        /// Replicas that each reserve slots from one shared state, in any order, and start each
+        /// call up to the margin after its slot, never put more than `rate` calls in a window.
+        #[test]
+        fn replicas_sharing_one_state_stay_within_the_rate(
+            rate in 1u32..30,
+            rounds in proptest::collection::vec((0usize..3, 1usize..8, 0i64..300, 0i64..=4), 1..200)
+        ) {
+            let margin = 4;
+            let mut state = PaceState::default();
+            let mut clocks = [0i64; 3];
+            let mut starts = Vec::new();
+            for (replica, wanted, gap, late) in rounds {
+                clocks[replica] += gap;
+                let now = clocks[replica];
+                let mut limiter = RateLimiter::shared(rate, 3_000, margin, &state);
+                let slots = limiter.reserve(now, now + 500, wanted);
+                if wanted % 3 == 0 {
+                    limiter.throttled(now, Some(gap));
+                }
+                limiter.save(&mut state);
+                for slot in slots {
+                    starts.push(slot + late.min(margin));
+                    clocks[replica] = clocks[replica].max(slot);
+                }
+            }
+            starts.sort_unstable();
+            prop_assert!(busiest_window(&starts) <= rate as usize);
+        }
+
         #[test]
         fn any_call_pattern_stays_within_the_rate(
             rate in 1u32..20,

@@ -7,7 +7,10 @@
 
 pub mod backoff;
 pub mod limiter;
+mod shared;
 pub mod wake;
+
+pub use shared::WINDOW_MARGIN_MS as SHARED_WINDOW_MARGIN_MS;
 
 use crate::changes::Changes;
 use crate::config::ReconcileConfig;
@@ -21,9 +24,11 @@ use crate::sync::lock;
 use limiter::RateLimiter;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use shared::Shared;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wake::PollWake;
@@ -56,8 +61,12 @@ pub struct Poller {
     client: PictoryClient,
     client_timeout: Duration,
     config: ReconcileConfig,
+    /// The rate limit of this process; with `shared`, a mirror of the shared one as last seen.
     limiter: Mutex<RateLimiter>,
+    /// Why polling is paused; with `shared`, as last seen in the shared state.
     pause: Mutex<Option<AuthPause>>,
+    /// The pace every replica shares (PostgreSQL); None when this process alone polls.
+    shared: Option<Shared>,
     rng: Mutex<StdRng>,
     /// Wakes the loop when a poll becomes due sooner than it planned.
     wake: Arc<PollWake>,
@@ -84,6 +93,7 @@ impl Poller {
         config: ReconcileConfig,
     ) -> Poller {
         Poller {
+            shared: store.shared_pace().map(Shared::new),
             wake: changes.poll_wake(),
             changes,
             limiter: Mutex::new(RateLimiter::new(config.rate, millis(config.max_interval))),
@@ -161,7 +171,13 @@ impl Poller {
                 result: label.clone(),
             })
             .inc();
-        self.observe(&answer, now, &claimed.job_id);
+        match &self.shared {
+            Some(shared) => {
+                self.observe_shared(shared, &answer, now, &claimed.job_id)
+                    .await
+            }
+            None => self.observe(&answer, now, &claimed.job_id),
+        }
         let retry_after = match &answer {
             GetJob::Throttled { retry_after } | GetJob::ServerError { retry_after, .. } => {
                 *retry_after
@@ -247,6 +263,23 @@ impl Poller {
     pub async fn refresh(&self, job: &Job) -> Result<Job, RefreshError> {
         let job_id = job.job_id.clone().ok_or(RefreshError::NoJobId)?;
         let give_up_at = self.clock.now_ms() + REFRESH_WAIT_MS;
+        if let Some(shared) = &self.shared {
+            self.shared_slot_for_refresh(shared, give_up_at).await?;
+        } else {
+            self.local_slot_for_refresh(give_up_at).await?;
+        }
+        let claimed = Claimed {
+            pk: job.pk,
+            job_id,
+            cause: Cause::Refresh,
+            created_at: job.created_at,
+            poll_count: job.poll_count,
+        };
+        Ok(self.poll(&claimed).await?)
+    }
+
+    /// Waits for a slot of this process's own limiter, until `give_up_at` at most.
+    async fn local_slot_for_refresh(&self, give_up_at: i64) -> Result<(), RefreshError> {
         loop {
             let now = self.clock.now_ms();
             let free_at = {
@@ -262,14 +295,7 @@ impl Poller {
             let wait = u64::try_from((free_at - now).max(1)).unwrap_or(1);
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
-        let claimed = Claimed {
-            pk: job.pk,
-            job_id,
-            cause: Cause::Refresh,
-            created_at: job.created_at,
-            poll_count: job.poll_count,
-        };
-        Ok(self.poll(&claimed).await?)
+        Ok(())
     }
 }
 
@@ -296,6 +322,10 @@ pub struct Reconciler {
     poller: Arc<Poller>,
     /// Claimed (leased) jobs waiting for a rate-limit slot, oldest due first.
     ready: VecDeque<Claimed>,
+    /// With a shared pace: claimed jobs holding a slot of the shared schedule, earliest first.
+    slotted: VecDeque<shared::Slotted>,
+    /// With a shared pace: ticks when another replica announces a hold, a pause or a resume.
+    pace_news: Option<watch::Receiver<u64>>,
     in_flight: JoinSet<()>,
     /// Claims made, for the share given to the regular schedule.
     claims: u64,
@@ -304,8 +334,10 @@ pub struct Reconciler {
 impl Reconciler {
     pub fn new(poller: Arc<Poller>) -> Self {
         Reconciler {
+            pace_news: poller.shared.as_ref().map(|s| s.pace.announcements()),
             poller,
             ready: VecDeque::new(),
+            slotted: VecDeque::new(),
             in_flight: JoinSet::new(),
             claims: 0,
         }
@@ -313,6 +345,9 @@ impl Reconciler {
 
     /// Starts the next poll that is due and allowed at `now`; returns when to step again.
     pub async fn step(&mut self, now: i64) -> Result<i64, StoreError> {
+        if self.poller.shared.is_some() {
+            return self.step_shared(now).await;
+        }
         while self.in_flight.try_join_next().is_some() {}
         let poller = self.poller.clone();
         let start_at = poller.next_start(now);
@@ -329,24 +364,10 @@ impl Reconciler {
             return Ok(now + IDLE_WAKE_MS);
         }
         if self.ready.is_empty() {
-            // The lease outlives the call's timeout (and the wait for a slot); after a crash,
-            // start-up releases it.
-            let lease_until = now + millis(poller.client_timeout) + 60_000;
-            // Every fourth claim serves the regular schedule first, so a flood of webhook
-            // "look now" requests cannot starve jobs whose webhook never came.
-            self.claims = self.claims.wrapping_add(1);
-            let scheduled_first = self.claims % 4 == 0;
-            let size = poller.claim_size(now, room);
-            let limit = u32::try_from(size).unwrap_or(u32::MAX);
-            let claimed = poller
-                .store
-                .claim_due(now, lease_until, limit, scheduled_first)
-                .await?;
-            self.ready.extend(claimed);
+            self.claim(now, room).await?;
         }
         if self.ready.is_empty() {
-            let next_due = poller.store.next_due().await?.unwrap_or(i64::MAX);
-            return Ok(next_due.min(now + IDLE_WAKE_MS).max(now + 1));
+            return self.idle_until(now).await;
         }
         // The claim waited for the disk: the slot is stamped when the call really starts, so
         // the limit holds for the calls as they are sent.
@@ -367,6 +388,32 @@ impl Reconciler {
         Ok(poller.next_start(started).max(now + 1))
     }
 
+    /// Claims due jobs into `ready`: about a quarter second of calls, at most `room`.
+    async fn claim(&mut self, now: i64, room: usize) -> Result<(), StoreError> {
+        let poller = &self.poller;
+        // The lease outlives the call's timeout (and the wait for a slot); after a crash,
+        // start-up releases it.
+        let lease_until = now + millis(poller.client_timeout) + 60_000;
+        // Every fourth claim serves the regular schedule first, so a flood of webhook
+        // "look now" requests cannot starve jobs whose webhook never came.
+        self.claims = self.claims.wrapping_add(1);
+        let scheduled_first = self.claims % 4 == 0;
+        let size = poller.claim_size(now, room);
+        let limit = u32::try_from(size).unwrap_or(u32::MAX);
+        let claimed = poller
+            .store
+            .claim_due(now, lease_until, limit, scheduled_first)
+            .await?;
+        self.ready.extend(claimed);
+        Ok(())
+    }
+
+    /// Nothing is due: when the next poll is (the floor wakes the loop in any case).
+    async fn idle_until(&self, now: i64) -> Result<i64, StoreError> {
+        let next_due = self.poller.store.next_due().await?.unwrap_or(i64::MAX);
+        Ok(next_due.min(now + IDLE_WAKE_MS).max(now + 1))
+    }
+
     /// Waits for every call in flight to finish and be recorded, and gives back the claimed
     /// jobs no call was made for, so they are due again at once (for another replica too).
     pub async fn drain(&mut self) {
@@ -376,6 +423,13 @@ impl Reconciler {
 
     /// Releases the claimed jobs no call was made for: due again at once.
     async fn give_back(&mut self) {
+        if !self.slotted.is_empty() {
+            let slots: Vec<i64> = self.slotted.iter().map(|s| s.at).collect();
+            self.ready.extend(self.slotted.drain(..).map(|s| s.job));
+            if let Some(shared) = &self.poller.shared {
+                self.poller.give_back_slots(shared, slots).await;
+            }
+        }
         if self.ready.is_empty() {
             return;
         }
@@ -391,27 +445,50 @@ impl Reconciler {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let clock = self.poller.clock.clone();
         let wake = self.poller.wake.clone();
+        // Another replica's hold, pause or resume wakes the loop, which then looks at it.
+        let mut pace_news = self.poller.shared.as_ref().map(|s| s.pace.announcements());
+        let mut backoff = crate::retry::Backoff::default();
         loop {
             // Anything scheduled from here on wakes the sleep below, even if it lands between
             // the step's read of the schedule and the sleep.
             wake.reading();
             let now = clock.now_ms();
             let wake_at = match self.step(now).await {
-                Ok(at) => at,
+                Ok(at) => {
+                    if backoff.failures() > 0 {
+                        tracing::info!("the reconciler reads its schedule again");
+                    }
+                    backoff.succeeded();
+                    at
+                }
                 Err(err) => {
-                    tracing::warn!(error = %err, "reconciler cannot read its schedule; retrying");
-                    now + 1_000
+                    let wait = backoff.failed();
+                    tracing::warn!(error = %err, wait_ms = wait, "reconciler cannot read its schedule; retrying");
+                    now + wait
                 }
             };
             wake.plan(wake_at);
-            let wait = Duration::from_millis(u64::try_from(wake_at - now).unwrap_or(0));
+            // From the time the step ended: it may have waited for the database.
+            let wait = wake_at - clock.now_ms();
+            let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
                 _ = wake.woken() => {}
+                _ = announced(&mut pace_news) => {}
                 Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {}
             }
         }
         self.drain().await;
     }
+}
+
+/// Resolves when another replica announces a change to the shared pace; never without one.
+async fn announced(news: &mut Option<watch::Receiver<u64>>) {
+    if let Some(news) = news {
+        if news.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }

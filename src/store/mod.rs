@@ -7,6 +7,7 @@ use serde_json::Value;
 
 pub(crate) mod common;
 mod cursor;
+pub mod pace;
 pub mod postgres;
 pub mod sqlite;
 mod usage;
@@ -73,6 +74,7 @@ pub async fn open_with(
 }
 
 pub use cursor::Cursor;
+pub use pace::{PaceChange, PaceOutcome, PaceState, PauseState, SharedPace};
 pub use usage::{UsageGroup, UsageGroupBy, UsageQuery, UsageRow};
 
 /// What [`Store::watch_others`] gives: batches of pks of jobs other processes changed.
@@ -218,9 +220,13 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Closes every connection (checkpointing what the database needs to).
     async fn close(&self);
-    /// Periodic upkeep the database needs (for SQLite: checkpointing the WAL). Called about
-    /// once a second.
-    async fn maintain(&self) -> Result<(), StoreError>;
+    /// Periodic upkeep the database needs (for SQLite: checkpointing the WAL; for PostgreSQL:
+    /// marking this replica alive and freeing the leases of replicas that are gone). Called
+    /// about once a second.
+    async fn maintain(&self, now: i64) -> Result<(), StoreError>;
+    /// Replicas seen alive in the last 30 s (`jobhook_replicas`); 1 on SQLite, which one
+    /// process owns.
+    async fn replicas_alive(&self) -> Result<i64, StoreError>;
     /// True when the database takes a write and no migration is pending.
     async fn ready(&self, now: i64) -> Result<(), StoreError>;
 
@@ -294,6 +300,10 @@ pub trait Store: Send + Sync + 'static {
     /// when the store is closed. None when no other process writes the database (SQLite).
     /// (No default: a wrapper that forgot to forward it would silently deafen a replica.)
     async fn watch_others(&self) -> Result<Option<OthersChanges>, StoreError>;
+    /// The Get Job pace all replicas share (PostgreSQL), or None when this process is the
+    /// only one polling (SQLite: the limiter stays in memory). (No default, as for
+    /// `watch_others`: a wrapper that forgot it would let every replica poll at the full rate.)
+    fn shared_pace(&self) -> Option<std::sync::Arc<dyn SharedPace>>;
     /// The id of the newest status change (0 when there is none).
     async fn latest_change_id(&self) -> Result<i64, StoreError>;
     /// Status changes after `after`, oldest first.

@@ -22,6 +22,7 @@ fn every_command_has_help() {
         vec!["migrate", "--help"],
         vec!["check", "--help"],
         vec!["healthcheck", "--help"],
+        vec!["copy-db", "--help"],
     ] {
         let output = jobhook().args(&args).output().unwrap();
         assert!(output.status.success(), "{args:?}");

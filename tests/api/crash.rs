@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-struct Service {
-    child: Child,
-    api: String,
-    webhook_url: String,
-    client: reqwest::Client,
+pub(crate) struct Service {
+    pub(crate) child: Child,
+    pub(crate) api: String,
+    pub(crate) webhook_url: String,
+    pub(crate) client: reqwest::Client,
 }
 
 /// Starts `jobhook serve` on the database `db` and ports the kernel picks, and reads them back
@@ -20,7 +20,7 @@ async fn start(db: &TestDb) -> Service {
     start_with(db, &[]).await
 }
 
-async fn start_with(db: &TestDb, env: &[(&str, &str)]) -> Service {
+pub(crate) async fn start_with(db: &TestDb, env: &[(&str, &str)]) -> Service {
     let mut command = Command::new(env!("CARGO_BIN_EXE_jobhook"));
     for (key, _) in std::env::vars() {
         if key.starts_with("JOBHOOK_") {
@@ -85,7 +85,7 @@ async fn start_with(db: &TestDb, env: &[(&str, &str)]) -> Service {
 }
 
 impl Service {
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.api))
             .bearer_auth(TOKEN)
@@ -94,7 +94,7 @@ impl Service {
             .unwrap()
     }
 
-    async fn get_json(&self, path: &str) -> Value {
+    pub(crate) async fn get_json(&self, path: &str) -> Value {
         self.get(path).await.json().await.unwrap()
     }
 }

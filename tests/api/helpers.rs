@@ -448,6 +448,20 @@ impl TestDb {
         }
     }
 
+    /// A fresh PostgreSQL database, whatever backend this run tests; None without a server.
+    pub async fn fresh_postgres_if_any() -> Option<TestDb> {
+        match postgres_server() {
+            Some(server) => Some(TestDb::fresh_postgres(server).await),
+            None => None,
+        }
+    }
+
+    /// A fresh SQLite file, whatever backend this run tests.
+    pub fn fresh_sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        TestDb::sqlite_at(&dir.path().join("jobhook.db"), Some(dir))
+    }
+
     /// A SQLite file at `path` (kept with `dir`, when given).
     pub fn sqlite_at(path: &Path, dir: Option<TempDir>) -> TestDb {
         TestDb {
@@ -645,8 +659,11 @@ impl Store for FaultyStore {
     async fn close(&self) {
         self.inner.close().await
     }
-    async fn maintain(&self) -> Result<(), StoreError> {
-        self.inner.maintain().await
+    async fn maintain(&self, now: i64) -> Result<(), StoreError> {
+        self.inner.maintain(now).await
+    }
+    async fn replicas_alive(&self) -> Result<i64, StoreError> {
+        self.inner.replicas_alive().await
     }
     async fn ready(&self, now: i64) -> Result<(), StoreError> {
         self.faults.check()?;
@@ -729,6 +746,9 @@ impl Store for FaultyStore {
     }
     async fn watch_others(&self) -> Result<Option<OthersChanges>, StoreError> {
         self.inner.watch_others().await
+    }
+    fn shared_pace(&self) -> Option<Arc<dyn jobhook::store::SharedPace>> {
+        self.inner.shared_pace()
     }
     async fn latest_change_id(&self) -> Result<i64, StoreError> {
         self.inner.latest_change_id().await

@@ -18,6 +18,10 @@ use serde_json::json;
 pub async fn readyz(State(state): State<AppState>) -> Response {
     // Readiness is about taking webhooks: a Pictory problem is reported, not made a 503, so a
     // load balancer keeps sending deliveries while polling is paused.
+    if let Some(poller) = &state.poller {
+        // With replicas: a pause or a hold another one saw.
+        poller.refresh_pace().await;
+    }
     let pictory = state.poller.as_ref().and_then(|p| p.problem());
     let polling = state.poller.as_ref().map(|p| {
         let pace = p.pace(state.now_ms());
@@ -93,12 +97,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     let now = state.now_ms();
     if let Some(poller) = &state.poller {
+        poller.refresh_pace().await;
         let pace = poller.pace(now);
         state
             .metrics
             .effective_rate
             .set(i64::from(pace.effective_rate));
         state.metrics.throttled.set(i64::from(pace.throttled()));
+    }
+    match state.store.replicas_alive().await {
+        Ok(count) => {
+            state.metrics.replicas.set(count);
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot count the live replicas for metrics"),
     }
     match state.store.overdue(now).await {
         Ok((count, oldest)) => {

@@ -36,6 +36,8 @@ pub fn twin_wait(timeout: Duration) -> Duration {
     (timeout + MAX_BACKOFF) * ATTEMPTS + Duration::from_secs(10)
 }
 const KEY_LIMIT: usize = 255;
+/// How often a twin reads its key again while it waits without hearing a change.
+const KEY_RECHECK: Duration = Duration::from_millis(250);
 
 /// Submit a Generate Video request.
 #[utoipa::path(post, path = "/v1/videos", tag = "videos",
@@ -306,6 +308,10 @@ async fn begin(
                         return Err(ApiError::Unavailable { retry_after_secs: 1 });
                     }
                 }
+                // The first request may be on another replica, whose change reaches this one
+                // through the database's notifications; the key row is read again now and
+                // then all the same, so a lost notification costs a moment, not the wait.
+                _ = tokio::time::sleep(KEY_RECHECK) => {}
                 _ = &mut give_up => {
                     return Err(ApiError::Conflict(
                         "a request with this Idempotency-Key is still being processed; retry later"

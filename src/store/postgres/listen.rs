@@ -15,13 +15,14 @@
 //! notification delays a change by a second or two; it is never lost. History ids commit in
 //! order (the history lock), so "after `confirmed`" misses nothing.
 
-use super::write::{parse_payload, CHANNEL};
+use super::write::{parse_pace, parse_payload, CHANNEL};
 use crate::store::{OthersChanges, StoreError};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -40,16 +41,21 @@ enum Heard {
     Changed(Vec<i64>),
     /// This process's ping came back.
     Ping(u64),
+    /// Another process changed the shared Get Job pace (a hold, a pause, a resume).
+    Pace,
     /// The connection was lost; announcements may have been missed.
     Lost,
 }
 
 /// Starts listening (done when this returns) and returns the batches of other processes'
 /// changes. `listen_pool` holds the one listening connection; `pool` serves the floor's reads.
+/// `pace` is ticked when another process announces a change to the shared pace, and when
+/// announcements may have been lost.
 pub(super) async fn watch(
     pool: PgPool,
     listen_pool: PgPool,
     origin: String,
+    pace: Arc<watch::Sender<u64>>,
     stop: CancellationToken,
 ) -> Result<OthersChanges, StoreError> {
     let mut listener = PgListener::connect_with(&listen_pool).await?;
@@ -58,7 +64,7 @@ pub(super) async fn watch(
     let (heard, hearing) = mpsc::unbounded_channel();
     tokio::spawn(listen(listener, origin.clone(), heard, stop.clone()));
     let (changes, others) = mpsc::channel(64);
-    tokio::spawn(relay(pool, hearing, changes, origin, mark, stop));
+    tokio::spawn(relay(pool, hearing, changes, origin, mark, pace, stop));
     Ok(others)
 }
 
@@ -75,18 +81,10 @@ async fn listen(
             received = listener.try_recv() => received,
         };
         let report = match received {
-            Ok(Some(notification)) => {
-                let payload = notification.payload();
-                match (parse_payload(payload), parse_ping(&origin, payload)) {
-                    (Some((from, pks)), _) if from != origin => Heard::Changed(pks),
-                    (Some(_), _) => continue,
-                    (None, Some(ping)) => Heard::Ping(ping),
-                    (None, None) => {
-                        tracing::warn!(payload, "unreadable change announcement");
-                        continue;
-                    }
-                }
-            }
+            Ok(Some(notification)) => match read_payload(&origin, notification.payload()) {
+                Some(report) => report,
+                None => continue,
+            },
             // Reconnected (or reconnecting on the next call): whatever came meanwhile is gone.
             Ok(None) => Heard::Lost,
             Err(sqlx::Error::PoolClosed) => return,
@@ -107,6 +105,22 @@ async fn listen(
     }
 }
 
+/// What an announcement says; None for this process's own changes (and unreadable ones).
+fn read_payload(origin: &str, payload: &str) -> Option<Heard> {
+    if let Some(from) = parse_pace(payload) {
+        return (from != origin).then_some(Heard::Pace);
+    }
+    match (parse_payload(payload), parse_ping(payload)) {
+        (Some((from, pks)), _) => (from != origin).then_some(Heard::Changed(pks)),
+        // Every replica pings itself on the one channel: the others' pings are not news.
+        (None, Some((from, ping))) => (from == origin).then_some(Heard::Ping(ping)),
+        (None, None) => {
+            tracing::warn!(payload, "unreadable change announcement");
+            None
+        }
+    }
+}
+
 /// Coalesces what was heard into batches, and runs the polling floor.
 async fn relay(
     pool: PgPool,
@@ -114,6 +128,7 @@ async fn relay(
     changes: mpsc::Sender<Vec<i64>>,
     origin: String,
     mark: i64,
+    pace: Arc<watch::Sender<u64>>,
     stop: CancellationToken,
 ) {
     let mut pending = BTreeSet::new();
@@ -143,8 +158,14 @@ async fn relay(
                     floor.answered(ping);
                     continue;
                 }
+                Some(Heard::Pace) => {
+                    pace.send_modify(|n| *n = n.wrapping_add(1));
+                    continue;
+                }
                 Some(Heard::Lost) => {
                     floor.doubt = true;
+                    // A hold or a pause may have been announced meanwhile: look at the row.
+                    pace.send_modify(|n| *n = n.wrapping_add(1));
                     continue;
                 }
                 None => return,
@@ -235,9 +256,10 @@ fn ping_payload(origin: &str, ping: u64) -> String {
     format!("{origin}!{ping}")
 }
 
-fn parse_ping(origin: &str, payload: &str) -> Option<u64> {
+/// The origin and number of a payload made by [`ping_payload`].
+fn parse_ping(payload: &str) -> Option<(&str, u64)> {
     let (from, ping) = payload.split_once('!')?;
-    (from == origin).then(|| ping.parse().ok()).flatten()
+    Some((from, ping.parse().ok()?))
 }
 
 async fn newest_entry(pool: &PgPool) -> Result<i64, StoreError> {

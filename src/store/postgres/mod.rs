@@ -32,6 +32,7 @@ mod history;
 mod leases;
 mod listen;
 mod outbox;
+mod pace;
 mod polls;
 mod rows;
 mod usage;
@@ -52,8 +53,16 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 /// The `application_name` of each replica's listening connection (as `pg_stat_activity` shows).
 pub const LISTENER_NAME: &str = "jobhook-listener";
-/// Longest wait for a pooled connection before a request fails (and answers 503).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a pooled connection before a request fails (and answers 503): while the
+/// database is unreachable, a webhook is told to retry within seconds rather than held. (A
+/// healthy pool hands out a connection in microseconds; three seconds of waiting means the
+/// database is away or overwhelmed.)
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a replica marks itself alive and looks for leases left by replicas that are gone.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// The origin of the announcement of rescued leases: no replica's own, so every replica's
+/// loops hear it, this one's too.
+const RESCUE_ORIGIN: &str = "rescue";
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -72,6 +81,12 @@ pub struct PgStore {
     owner_number: i64,
     /// Delivery batches, stored one after the other in the order they were handed in.
     batches: mpsc::UnboundedSender<QueuedBatch>,
+    /// Ticked by the listener when another replica changes the shared Get Job pace.
+    pace_heard: Arc<tokio::sync::watch::Sender<u64>>,
+    /// How this process connects (the lease-owner connection is opened again after a loss).
+    connect: PgConnectOptions,
+    /// When [`Store::maintain`] last did its work.
+    upkept_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// A batch waiting for [`store_batches`], and who to tell once it is stored.
@@ -90,11 +105,11 @@ impl PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(connect.clone())
             .await?;
-        let owner = leases::Owner::take(&connect).await?;
+        let owner = leases::Owner::take(&connect, ACQUIRE_TIMEOUT).await?;
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(connect.application_name(LISTENER_NAME));
+            .connect_lazy_with(connect.clone().application_name(LISTENER_NAME));
         let (batches, queued) = mpsc::unbounded_channel();
         let store = PgStore {
             batches,
@@ -105,6 +120,9 @@ impl PgStore {
             origin: format!("{:016x}", rand::random::<u64>()),
             notify: Arc::new(AtomicBool::new(false)),
             closing: CancellationToken::new(),
+            pace_heard: Arc::new(tokio::sync::watch::channel(0).0),
+            connect: connect.clone(),
+            upkept_at: Arc::default(),
         };
         tokio::spawn(store_batches(store.clone(), queued));
         Ok(store)
@@ -116,6 +134,59 @@ impl PgStore {
 
     async fn commit(&self, tx: Tx) -> Result<(), StoreError> {
         tx.commit(&self.origin).await
+    }
+
+    /// Frees at once the leases (polls and notification attempts) of replicas that are gone
+    /// (killed, or cut off for good: their lease-owner lock ended with their connection), so
+    /// the others take those jobs now rather than when the leases run out. The rescued jobs are
+    /// announced to every replica, this one included, whose loops then look again.
+    async fn rescue_leases(&self, now: i64) -> Result<(), StoreError> {
+        let class = i64::from(leases::LEASE_CLASS);
+        // A cheap look first, without the history lock: almost always there is nothing.
+        let any: bool = sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE leased AND {jobs}) \
+             OR EXISTS (SELECT 1 FROM notifications WHERE leased AND {notifications})",
+            jobs = leases::owner_gone("lease_owner", "$1"),
+            notifications = leases::owner_gone("lease_owner", "$1"),
+        ))
+        .bind(class)
+        .fetch_one(&self.pool)
+        .await?;
+        if !any {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        let jobs: Vec<i64> = sqlx::query_scalar(&format!(
+            "UPDATE jobs SET leased = FALSE, lease_owner = NULL, \
+             next_poll_at = CASE WHEN next_poll_at IS NULL THEN NULL \
+                 ELSE LEAST(next_poll_at, $1) END \
+             WHERE leased AND {} RETURNING id",
+            leases::owner_gone("lease_owner", "$2")
+        ))
+        .bind(now)
+        .bind(class)
+        .fetch_all(tx.db())
+        .await?;
+        let notified: Vec<i64> = sqlx::query_scalar(&format!(
+            "UPDATE notifications SET leased = FALSE, lease_owner = NULL, \
+             next_attempt_at = LEAST(next_attempt_at, $1) \
+             WHERE leased AND {} RETURNING job_pk",
+            leases::owner_gone("lease_owner", "$2")
+        ))
+        .bind(now)
+        .bind(class)
+        .fetch_all(tx.db())
+        .await?;
+        for pk in jobs.iter().chain(&notified) {
+            tx.touched(*pk);
+        }
+        tx.commit(RESCUE_ORIGIN).await?;
+        tracing::info!(
+            polls = jobs.len(),
+            notifications = notified.len(),
+            "freed the leases of a replica that is gone"
+        );
+        Ok(())
     }
 
     /// Stores one delivery in a transaction of its own.
@@ -156,6 +227,17 @@ async fn store_batches(store: PgStore, mut queued: mpsc::UnboundedReceiver<Queue
         };
         let stored = match store.ingest_together(&deliveries).await {
             Ok(stored) => Ok(stored.into_iter().map(Ok).collect()),
+            // The database is away: one by one would only fail again, each after its own
+            // wait. Nothing was committed; every sender is told to retry, and so are the
+            // senders of the batches queued meanwhile, which would only wait for the same
+            // wall (a webhook gets its 503 within one connection timeout, not several).
+            Err(err) if is_outage(&err) => {
+                let why = format!("the database is unreachable: {err}");
+                while let Ok((_, waiting)) = queued.try_recv() {
+                    let _ = waiting.send(Err(StoreError::Batch(why.clone())));
+                }
+                Err(err)
+            }
             Err(err) => {
                 // One bad delivery is answered alone while the others commit, as on SQLite.
                 tracing::warn!(error = %err, "a delivery batch failed; storing one by one");
@@ -168,6 +250,26 @@ async fn store_batches(store: PgStore, mut queued: mpsc::UnboundedReceiver<Queue
         };
         // The caller may have gone away; the batch is stored all the same.
         let _ = reply.send(stored);
+    }
+}
+
+/// Whether an error says the database cannot be reached (rather than that this statement was
+/// refused): the connection failed or was lost, or the server is shutting down or starting.
+fn is_outage(err: &StoreError) -> bool {
+    match err {
+        StoreError::Database(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        StoreError::Database(err) => matches!(
+            err,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        ),
+        _ => false,
     }
 }
 
@@ -190,13 +292,35 @@ impl Store for PgStore {
         self.listen_pool.close().await;
         self.pool.close().await;
         if let Some(owner) = self.owner.lock().await.take() {
-            owner.release().await;
+            // A database that does not answer must not hold the shutdown.
+            let _ = tokio::time::timeout(ACQUIRE_TIMEOUT, owner.release()).await;
         }
     }
 
-    async fn maintain(&self) -> Result<(), StoreError> {
-        // PostgreSQL keeps itself (autovacuum, checkpoints).
-        Ok(())
+    async fn maintain(&self, now: i64) -> Result<(), StoreError> {
+        // PostgreSQL keeps itself (autovacuum, checkpoints); what is left is the replicas'.
+        {
+            let mut upkept_at = crate::sync::lock(&self.upkept_at);
+            if upkept_at.is_some_and(|at| at.elapsed() < UPKEEP_EVERY) {
+                return Ok(());
+            }
+            *upkept_at = Some(std::time::Instant::now());
+        }
+        let beat = match self.owner.lock().await.as_mut() {
+            Some(owner) => owner.beat(&self.connect, ACQUIRE_TIMEOUT).await,
+            None => Ok(()),
+        };
+        let rescued = self.rescue_leases(now).await;
+        beat.and(rescued)
+    }
+
+    async fn replicas_alive(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM replicas WHERE seen_at > {} - 30000",
+            leases::DB_NOW_MS
+        ))
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn ready(&self, now: i64) -> Result<(), StoreError> {
@@ -511,10 +635,19 @@ impl Store for PgStore {
             self.pool.clone(),
             self.listen_pool.clone(),
             self.origin.clone(),
+            self.pace_heard.clone(),
             self.closing.child_token(),
         )
         .await?;
         Ok(Some(changes))
+    }
+
+    fn shared_pace(&self) -> Option<Arc<dyn crate::store::SharedPace>> {
+        Some(Arc::new(pace::PgPace {
+            pool: self.pool.clone(),
+            origin: self.origin.clone(),
+            heard: self.pace_heard.clone(),
+        }))
     }
 
     async fn latest_change_id(&self) -> Result<i64, StoreError> {

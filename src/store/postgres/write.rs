@@ -96,6 +96,16 @@ pub(super) fn payloads(origin: &str, pks: &[i64]) -> Vec<String> {
     payloads
 }
 
+/// The announcement of a change to the shared Get Job pace (see [`super::pace`]).
+pub(super) fn pace_payload(origin: &str) -> String {
+    format!("{origin}~pace")
+}
+
+/// The origin of a payload made by [`pace_payload`]; None when it is not one.
+pub(super) fn parse_pace(payload: &str) -> Option<&str> {
+    payload.strip_suffix("~pace")
+}
+
 /// The origin and job pks of a payload made by [`payloads`]; None when it is not one.
 pub(super) fn parse_payload(payload: &str) -> Option<(&str, Vec<i64>)> {
     let (origin, list) = payload.split_once(':')?;
@@ -126,5 +136,8 @@ mod tests {
         assert_eq!(received, pks);
         assert!(payloads("a1b2", &[]).is_empty());
         assert_eq!(parse_payload("x:1,oops"), None);
+        assert_eq!(parse_pace(&pace_payload("a1b2")), Some("a1b2"));
+        assert_eq!(parse_payload(&pace_payload("a1b2")), None);
+        assert_eq!(parse_pace("a1b2:1,2"), None);
     }
 }

@@ -117,12 +117,16 @@ impl Store for SqliteStore {
         self.upkeep.close().await;
     }
 
-    async fn maintain(&self) -> Result<(), StoreError> {
+    async fn maintain(&self, _now: i64) -> Result<(), StoreError> {
         // PASSIVE: copies what it can without waiting for (or blocking) the writer or readers.
         sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&self.upkeep)
             .await?;
         Ok(())
+    }
+
+    async fn replicas_alive(&self) -> Result<i64, StoreError> {
+        Ok(1)
     }
 
     async fn ready(&self, now: i64) -> Result<(), StoreError> {
@@ -758,6 +762,11 @@ impl Store for SqliteStore {
     async fn watch_others(&self) -> Result<Option<super::OthersChanges>, StoreError> {
         // One process owns the file (the writer thread): nothing changes behind its back.
         Ok(None)
+    }
+
+    fn shared_pace(&self) -> Option<Arc<dyn super::SharedPace>> {
+        // One process polls: its limiter stays in memory.
+        None
     }
 
     async fn latest_change_id(&self) -> Result<i64, StoreError> {
