@@ -64,6 +64,52 @@ pub fn counts_for_usage(status: JobStatus) -> bool {
 }
 
 /// The UTC day (days since 1970-01-01) of a unix-millisecond time.
+/// The latest time usage is asked about: 10000-01-01. Keeps day arithmetic far from overflow.
+const END_OF_TIME: i64 = 253_402_300_800_000;
+
+/// A usage range `[from, to)` as both stores read it: the whole UTC days the daily summary
+/// answers, and the two pieces at the ends (days the range cuts through) that the per-job rows
+/// answer. Each is a half-open pair; an empty piece is `(0, 0)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeSplit {
+    /// The whole range, clamped, in unix milliseconds.
+    pub from: i64,
+    pub to: i64,
+    /// Days since 1970-01-01, `[first, end)`.
+    pub days: (i64, i64),
+    /// Unix milliseconds.
+    pub head: (i64, i64),
+    pub tail: (i64, i64),
+}
+
+/// Splits `[from, to)` (clamped to the years 1970–9999); None when it is empty.
+pub fn split_range(from: i64, to: i64) -> Option<RangeSplit> {
+    let from = from.clamp(0, END_OF_TIME);
+    let to = to.clamp(0, END_OF_TIME);
+    if from >= to {
+        return None;
+    }
+    let first_day = from.div_euclid(DAY_MS) + i64::from(from.rem_euclid(DAY_MS) != 0);
+    let end_day = to.div_euclid(DAY_MS);
+    Some(if first_day < end_day {
+        RangeSplit {
+            from,
+            to,
+            days: (first_day, end_day),
+            head: (from, first_day * DAY_MS),
+            tail: (end_day * DAY_MS, to),
+        }
+    } else {
+        RangeSplit {
+            from,
+            to,
+            days: (0, 0),
+            head: (from, to),
+            tail: (0, 0),
+        }
+    })
+}
+
 pub fn day_of(ms: i64) -> i64 {
     ms.div_euclid(DAY_MS)
 }
@@ -126,6 +172,46 @@ pub fn from_milli(milli: i64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_range_splits_into_whole_days_and_the_cut_ends() {
+        let day = DAY_MS;
+        assert_eq!(
+            split_range(day + 5, 4 * day + 7),
+            Some(RangeSplit {
+                from: day + 5,
+                to: 4 * day + 7,
+                days: (2, 4),
+                head: (day + 5, 2 * day),
+                tail: (4 * day, 4 * day + 7),
+            })
+        );
+        assert_eq!(
+            split_range(day, 2 * day),
+            Some(RangeSplit {
+                from: day,
+                to: 2 * day,
+                days: (1, 2),
+                head: (day, day),
+                tail: (2 * day, 2 * day),
+            }),
+            "whole days only"
+        );
+        assert_eq!(
+            split_range(day + 1, day + 9),
+            Some(RangeSplit {
+                from: day + 1,
+                to: day + 9,
+                days: (0, 0),
+                head: (day + 1, day + 9),
+                tail: (0, 0),
+            }),
+            "inside one day"
+        );
+        assert_eq!(split_range(5, 5), None);
+        assert_eq!(split_range(-10, -1), None, "before 1970: nothing");
+    }
+
     use super::*;
     use crate::pictory::JobOutput;
     use serde_json::json;

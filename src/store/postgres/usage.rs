@@ -3,7 +3,7 @@
 //! groupings from `job_usage`.
 
 use super::write::Tx;
-use crate::domain::usage::{UsageFacts, DAY_MS};
+use crate::domain::usage::{split_range, RangeSplit, UsageFacts};
 use crate::domain::Job;
 use crate::store::{StoreError, UsageGroup, UsageGroupBy, UsageQuery, UsageRow};
 use sqlx::postgres::PgRow;
@@ -49,19 +49,14 @@ pub(super) async fn record_usage(tx: &mut Tx, job: &Job) -> Result<(), StoreErro
     Ok(())
 }
 
-/// The latest time usage is asked about: 10000-01-01. Keeps day arithmetic far from overflow.
-const END_OF_TIME: i64 = 253_402_300_800_000;
-
 /// [`crate::store::Store::usage`].
 pub(super) async fn usage(pool: &PgPool, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
-    let from = query.from.clamp(0, END_OF_TIME);
-    let to = query.to.clamp(0, END_OF_TIME);
-    if from >= to {
+    let Some(range) = split_range(query.from, query.to) else {
         return Ok(Vec::new());
-    }
+    };
     match &query.group_by {
-        UsageGroupBy::Metadata(path) => by_metadata(pool, path, from, to).await,
-        group_by => by_summary(pool, group_by, from, to).await,
+        UsageGroupBy::Metadata(path) => by_metadata(pool, path, range.from, range.to).await,
+        group_by => by_summary(pool, group_by, range).await,
     }
 }
 
@@ -69,20 +64,11 @@ pub(super) async fn usage(pool: &PgPool, query: &UsageQuery) -> Result<Vec<Usage
 async fn by_summary(
     pool: &PgPool,
     group_by: &UsageGroupBy,
-    from: i64,
-    to: i64,
+    range: RangeSplit,
 ) -> Result<Vec<UsageRow>, StoreError> {
-    let first_day = from.div_euclid(DAY_MS) + i64::from(from.rem_euclid(DAY_MS) != 0);
-    let end_day = to.div_euclid(DAY_MS);
-    let (days, head, tail) = if first_day < end_day {
-        (
-            (first_day, end_day),
-            (from, first_day * DAY_MS),
-            (end_day * DAY_MS, to),
-        )
-    } else {
-        ((0, 0), (from, to), (0, 0))
-    };
+    let RangeSplit {
+        days, head, tail, ..
+    } = range;
     // Days are grouped as numbers, names as text; both come back as text and are read back.
     let (summary_key, job_key) = match group_by {
         UsageGroupBy::Day => ("day::text", "(at / 86400000)::text"),

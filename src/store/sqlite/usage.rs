@@ -10,7 +10,7 @@
 
 use super::writer::execute;
 use super::Tx;
-use crate::domain::usage::{UsageFacts, DAY_MS};
+use crate::domain::usage::{split_range, RangeSplit, UsageFacts};
 use crate::domain::Job;
 use crate::store::{StoreError, UsageGroup, UsageGroupBy, UsageQuery, UsageRow};
 use rusqlite::params;
@@ -57,22 +57,17 @@ pub(super) fn record_usage(tx: &Tx, job: &Job) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The latest time usage is asked about: 10000-01-01. Keeps day arithmetic far from overflow.
-const END_OF_TIME: i64 = 253_402_300_800_000;
-
 /// [`crate::store::Store::usage`].
 pub(super) async fn usage(
     reader: &SqlitePool,
     query: &UsageQuery,
 ) -> Result<Vec<UsageRow>, StoreError> {
-    let from = query.from.clamp(0, END_OF_TIME);
-    let to = query.to.clamp(0, END_OF_TIME);
-    if from >= to {
+    let Some(range) = split_range(query.from, query.to) else {
         return Ok(Vec::new());
-    }
+    };
     match &query.group_by {
-        UsageGroupBy::Metadata(path) => by_metadata(reader, path, from, to).await,
-        group_by => by_summary(reader, group_by, from, to).await,
+        UsageGroupBy::Metadata(path) => by_metadata(reader, path, range.from, range.to).await,
+        group_by => by_summary(reader, group_by, range).await,
     }
 }
 
@@ -80,21 +75,11 @@ pub(super) async fn usage(
 async fn by_summary(
     reader: &SqlitePool,
     group_by: &UsageGroupBy,
-    from: i64,
-    to: i64,
+    range: RangeSplit,
 ) -> Result<Vec<UsageRow>, StoreError> {
-    // The days lying wholly inside [from, to), and the two pieces left over at the ends.
-    let first_day = from.div_euclid(DAY_MS) + i64::from(from.rem_euclid(DAY_MS) != 0);
-    let end_day = to.div_euclid(DAY_MS);
-    let (days, head, tail) = if first_day < end_day {
-        (
-            (first_day, end_day),
-            (from, first_day * DAY_MS),
-            (end_day * DAY_MS, to),
-        )
-    } else {
-        ((0, 0), (from, to), (0, 0))
-    };
+    let RangeSplit {
+        days, head, tail, ..
+    } = range;
     let (summary_key, job_key) = match group_by {
         UsageGroupBy::Day => ("day", "at / 86400000"),
         UsageGroupBy::Model => ("model", "model"),
