@@ -148,6 +148,8 @@ pub(super) async fn serve_file(
                     std::future::pending::<()>().await;
                 }
                 if cut && limit < size {
+                    // Long enough for the head and the bytes before the cut to be on the wire.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     return Some((Err(std::io::Error::other("cut by the fake")), u64::MAX));
                 }
                 return None;

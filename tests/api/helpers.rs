@@ -193,12 +193,21 @@ impl TestApp {
             let config = &self.state.config.pictory;
             (config.base_url.clone(), config.api_key.clone())
         });
+        // The same archive, if there was one.
+        let archive = &self.state.config.archive;
+        let (archive_url, archive_files, max_size) =
+            (archive.url.clone(), archive.files.clone(), archive.max_size);
+        let after_archive = self.state.config.notify.after_archive;
         let mut app = spawn(Options {
             configure: Box::new(move |config| {
                 if let Some((base_url, api_key)) = upstream {
                     config.pictory.base_url = base_url;
                     config.pictory.api_key = api_key;
                 }
+                config.archive.url = archive_url;
+                config.archive.files = archive_files;
+                config.archive.max_size = max_size;
+                config.notify.after_archive = after_archive;
             }),
             db: Some(db),
             pictory: None,

@@ -7,6 +7,7 @@ mod helpers;
 
 mod hostile;
 
+mod archive;
 mod cli;
 mod cluster;
 mod continuations;
