@@ -623,3 +623,52 @@ async fn a_webhook_body_completion_is_archived_in_receive_only_mode() {
         mock.file_bytes("thumbnail.jpg").unwrap()
     );
 }
+
+#[tokio::test]
+async fn two_replicas_never_copy_the_same_file_twice() {
+    let Some(db) = crate::helpers::TestDb::fresh_postgres_if_any().await else {
+        crate::helpers::say_skipped("PostgreSQL only (one process owns a SQLite database)");
+        return;
+    };
+    let mock = jobhook::mock::MockPictory::new(
+        MockOptions::default(),
+        std::sync::Arc::new(jobhook::domain::time::SystemClock),
+    );
+    mock.spawn().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let replica = |db: crate::helpers::TestDb| {
+        let url = url.clone();
+        let mut options = Options::new(move |config| config.archive.url = Some(url));
+        options.db = Some(db);
+        spawn(options)
+    };
+    let a = replica(db.alias()).await;
+    let b = replica(db).await;
+    let jobs: Vec<String> = (0..20).map(|n| format!("shared-{n}")).collect();
+    for (n, id) in jobs.iter().enumerate() {
+        mock.set_state(id, MockState::Completed);
+        let body = mock.job_body(id).unwrap().to_string();
+        let to = if n % 2 == 0 { &a } else { &b };
+        assert_eq!(to.webhook(body).await.status(), 200);
+    }
+    for id in &jobs {
+        let job = a.wait_archived(id).await;
+        assert_eq!(job["archive"]["status"], "done", "{job}");
+    }
+    let mut seen = std::collections::HashMap::new();
+    for request in mock.file_requests() {
+        *seen.entry((request.job_id, request.file)).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 80, "every file of every job");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a file was downloaded twice: {seen:?}"
+    );
+    // Each copy was made, and counted, by one replica or the other.
+    let done = |metrics: &str| {
+        metric_value(metrics, "jobhook_archive_files_total{result=\"done\"}").unwrap_or(0.0)
+    };
+    let (by_a, by_b) = (done(&a.metrics().await), done(&b.metrics().await));
+    assert_eq!(by_a + by_b, 80.0);
+}

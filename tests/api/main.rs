@@ -8,6 +8,7 @@ mod helpers;
 mod hostile;
 
 mod archive;
+mod archive_s3;
 mod cli;
 mod cluster;
 mod continuations;
