@@ -354,6 +354,11 @@ impl MockPictory {
         Some(body_of(job, &base))
     }
 
+    /// The URL of one of a job's output files (`video.mp4`...), as Get Job reports it.
+    pub fn file_url(&self, id: &str, file: &str) -> String {
+        format!("{}/{id}/{file}", self.output_base())
+    }
+
     /// Where the fake's output URLs point: its own files once it serves them, else a CDN
     /// host that does not resolve.
     fn output_base(&self) -> String {
