@@ -189,6 +189,7 @@ pub struct ArchiveConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Which outputs to copy: `video`, `thumbnail`, `last_frame`, `preview`.
+    #[serde(with = "lenient::list")]
     pub files: Vec<String>,
     /// Downloads at once (per replica).
     pub concurrency: u32,

@@ -476,8 +476,8 @@ fn files_kept(job: &Value) -> String {
 
 fn print_table(submitted: &[(String, &str)], jobs: &[Value]) {
     println!(
-        "\n{:>3}  {:<9} {:<12} {:<10} {:<13} {:>13} {:>8}  {}",
-        "#", "job", "model", "status", "resolved by", "Get Job calls", "credits", "files kept"
+        "\n{:>3}  {:<9} {:<12} {:<10} {:<13} {:>13} {:>8}  files kept",
+        "#", "job", "model", "status", "resolved by", "Get Job calls", "credits"
     );
     for (n, ((id, model), job)) in submitted.iter().zip(jobs).enumerate() {
         let credits = job["output"]["ai_credits_used"]

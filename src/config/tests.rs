@@ -149,6 +149,10 @@ fn archive_settings_are_checked_and_name_the_key() {
         assert_eq!(config.archive.max_size.as_u64(), 1 << 30);
         assert_eq!(config.archive.files.len(), 4, "all four by default");
         assert!(config.notify.after_archive);
+        jail.set_env("JOBHOOK_ARCHIVE_FILES", "video, last_frame");
+        let from_env = load_in(jail, &base).unwrap();
+        assert_eq!(from_env.archive.files, ["video", "last_frame"]);
+        jail.clear_env();
         // Off by default.
         assert!(load_in(jail, &base).unwrap().archive.url.is_none());
         Ok(())

@@ -187,7 +187,7 @@ pub fn synthetic(offset: u64, len: usize) -> Vec<u8> {
     let mut word = offset / 8;
     let skip = (offset % 8) as usize;
     while out.len() < len + skip {
-        let mut x = word.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5DEE_CE66_D;
+        let mut x = word.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x0005_DEEC_E66D;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
