@@ -504,7 +504,49 @@ async fn archiving_again_copies_the_files_anew() {
         .iter()
         .any(|e| e["kind"] == "archive_requested"));
 
+    // Asked twice in a row: the second request takes over, one copy is kept.
+    assert_eq!(
+        app.post_empty(&format!("/v1/jobs/{id}/archive"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        app.post_empty(&format!("/v1/jobs/{id}/archive"))
+            .await
+            .status(),
+        202
+    );
+    let job = app.wait_archived(id).await;
+    assert_eq!(job["archive"]["status"], "done");
+    let bytes = app.mock().file_bytes("video.mp4").unwrap();
+    assert_eq!(
+        job["archive"]["files"]["video"]["sha256"],
+        sha256_hex(&bytes)
+    );
+    let served = app.get(&format!("/v1/jobs/{id}/files/video")).await;
+    assert_eq!(served.bytes().await.unwrap().to_vec(), bytes);
+
     assert_eq!(app.post_empty("/v1/jobs/nope/archive").await.status(), 404);
+    let long_id = "x".repeat(500);
+    assert_eq!(
+        app.post_empty(&format!("/v1/jobs/{long_id}/archive"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/v1/jobs/{long_id}/files/video"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/v1/jobs/{id}/files/..%2F..%2Fetc%2Fpasswd"))
+            .await
+            .status(),
+        404
+    );
     // A job that is not completed has nothing to archive.
     let pending = app
         .post_json("/v1/videos", &json!({"prompt": "a cat"}))
