@@ -1,6 +1,7 @@
 //! jobhook's own vocabulary: jobs, their statuses, and how a Pictory report moves them.
 
 pub mod job;
+pub mod search;
 pub mod status;
 pub mod time;
 pub mod usage;
