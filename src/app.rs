@@ -1,7 +1,9 @@
 //! Running the service: both listeners and the background tasks, under one shutdown signal.
 
+use crate::archive::{Archiver, Copier};
 use crate::changes::Changes;
 use crate::config::Config;
+use crate::domain::archive::ArchivePolicy;
 use crate::domain::time::Clock;
 use crate::http::api::videos::render_response;
 use crate::http::serve::fd::{self, Sizing};
@@ -122,6 +124,14 @@ impl Service {
             .set_notify_routes(&routes)
             .await
             .context("cannot store the notification routes")?;
+        let policy = config.archive.url.as_ref().map(|_| ArchivePolicy {
+            files: config.archive.files.clone(),
+            hold_completed: config.notify.after_archive,
+        });
+        store
+            .set_archive_policy(policy.as_ref())
+            .await
+            .context("cannot store the archive policy")?;
         // Leases a dead process left: on SQLite (one process) all of them are due now; on
         // PostgreSQL only expired ones are freed, since a live replica may hold the others.
         let released = store
@@ -131,7 +141,7 @@ impl Service {
         if released > 0 {
             tracing::info!(
                 released,
-                "polls and notifications interrupted by the last stop are due again"
+                "polls, notifications and archive copies interrupted by the last stop are due again"
             );
         }
         // Upkeep once before serving: with replicas, this one counts itself alive from now on.
@@ -207,6 +217,22 @@ impl Service {
         )?;
         if let Some(notifier) = notifier {
             tasks.push(tokio::spawn(notifier.run(stop.child_token())));
+        }
+        if let Some(archive) = &state.archive {
+            let archiver = Archiver {
+                archive: archive.clone(),
+                copier: Arc::new(Copier::new(
+                    archive.store.clone(),
+                    state.config.archive.max_size.as_u64(),
+                    state.config.pictory.timeout,
+                )?),
+                store: state.store.clone(),
+                clock: state.clock.clone(),
+                changes: state.changes.clone(),
+                metrics: state.metrics.clone(),
+                concurrency: state.config.archive.concurrency as usize,
+            };
+            tasks.push(tokio::spawn(archiver.run(stop.child_token())));
         }
 
         tracing::info!(

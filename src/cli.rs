@@ -112,6 +112,19 @@ pub struct MockArgs {
     /// Seed for the random choices, for repeatable runs.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Delete a completed job's output files this long after it completed (the job then
+    /// reads `cleaned`, and its URLs answer 404), as Pictory's retention does.
+    #[arg(long, value_parser = duration)]
+    pub clean_after: Option<Duration>,
+    /// Serve videos of this many bytes (e.g. 500MB) instead of the small sample MP4.
+    #[arg(long, value_parser = size)]
+    pub video_size: Option<u64>,
+}
+
+fn size(text: &str) -> Result<u64, String> {
+    text.parse::<bytesize::ByteSize>()
+        .map(|s| s.as_u64())
+        .map_err(|e| format!("`{text}` is not a size like 500MB: {e}"))
 }
 
 impl MockArgs {
@@ -128,6 +141,8 @@ impl MockArgs {
             retry_after_secs: (!self.no_retry_after).then_some(self.retry_after),
             error_rate: self.error_rate,
             seed: self.seed,
+            clean_after: self.clean_after,
+            video_size: self.video_size,
         }
     }
 }

@@ -28,6 +28,7 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub retention: RetentionConfig,
     pub log: LogConfig,
+    pub archive: ArchiveConfig,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -185,6 +186,8 @@ pub struct NotifyConfig {
     #[serde(with = "lenient::duration_list")]
     pub retry_schedule: Vec<Duration>,
     pub endpoints: Vec<NotifyEndpoint>,
+    /// Hold `job.completed` until the job's files are archived (or archiving gave up).
+    pub after_archive: bool,
 }
 
 impl Default for NotifyConfig {
@@ -193,6 +196,38 @@ impl Default for NotifyConfig {
         NotifyConfig {
             retry_schedule: schedule.into_iter().map(Duration::from_secs).collect(),
             endpoints: Vec::new(),
+            after_archive: false,
+        }
+    }
+}
+
+/// The output archive (SPEC §10): off until `url` is set.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// `file:///PATH` or `s3://BUCKET/PREFIX`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Which outputs to copy: `video`, `thumbnail`, `last_frame`, `preview`.
+    #[serde(with = "lenient::list")]
+    pub files: Vec<String>,
+    /// Downloads at once (per replica).
+    pub concurrency: u32,
+    /// A larger file is not copied (`too_large`).
+    #[serde(with = "lenient::size")]
+    pub max_size: ByteSize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            url: None,
+            files: crate::domain::archive::FILE_NAMES
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect(),
+            concurrency: 4,
+            max_size: ByteSize::gib(2),
         }
     }
 }
@@ -449,6 +484,43 @@ impl Config {
                     ),
                 ));
             }
+        }
+        self.validate_archive()
+    }
+
+    fn validate_archive(&self) -> Result<(), ConfigError> {
+        let archive = &self.archive;
+        match &archive.url {
+            None if self.notify.after_archive => {
+                return Err(invalid(
+                    "notify.after_archive",
+                    "needs archive.url: without an archive there is nothing to wait for",
+                ))
+            }
+            None => {}
+            Some(url) => {
+                crate::archive::ArchiveLocation::parse(url)
+                    .map_err(|why| invalid("archive.url", why))?;
+            }
+        }
+        if let Some(unknown) = archive
+            .files
+            .iter()
+            .find(|f| !crate::domain::archive::FILE_NAMES.contains(&f.as_str()))
+        {
+            return Err(invalid(
+                "archive.files",
+                format!(
+                    "unknown file `{unknown}`, expected some of {:?}",
+                    crate::domain::archive::FILE_NAMES
+                ),
+            ));
+        }
+        if archive.concurrency == 0 {
+            return Err(invalid("archive.concurrency", "must be at least 1"));
+        }
+        if archive.max_size.as_u64() == 0 {
+            return Err(invalid("archive.max_size", "must be larger than zero"));
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 //! temporary SQLite file; a batch of videos is submitted; the fake drops, duplicates and reorders
 //! webhooks and fails some jobs; a progress bar follows the jobs; a table shows how each ended.
 //! Meanwhile a chain of three clips is made, each continuing from the last frame of the one
-//! before; the tour ends with the credits used per model, as jobhook sums them and as the fake
-//! counted them.
+//! before; every completed job's files are archived to a local folder; the tour ends with the
+//! credits used per model, as jobhook sums them and as the fake counted them.
 
 use crate::app::{Listeners, Service};
 use crate::config::Config;
@@ -85,6 +85,8 @@ async fn tour(dir: &std::path::Path) -> anyhow::Result<()> {
     config.reconcile.interval = Duration::from_secs(1);
     config.reconcile.max_interval = Duration::from_secs(3);
     config.reconcile.rate = 10;
+    let kept = dir.join("archive");
+    config.archive.url = Some(format!("file://{}", kept.display()));
     config.validate()?;
     let api_url = format!("http://{}", api.local_addr()?);
 
@@ -154,6 +156,7 @@ async fn tour(dir: &std::path::Path) -> anyhow::Result<()> {
     );
     let (jobs, (chain, chain_submitted)) = (jobs?, chain?);
     bar.finish_and_clear();
+    let jobs = with_archives(&client, &api_url, jobs).await?;
 
     print_table(&submitted, &jobs);
     let count = |f: &dyn Fn(&Value) -> bool| jobs.iter().filter(|j| f(j)).count();
@@ -176,6 +179,18 @@ async fn tour(dir: &std::path::Path) -> anyhow::Result<()> {
         mock.webhooks_sent()
     );
     println!("Every webhook's body was only a hint: each job's state came from Pictory's Get Job answer.");
+    let (files, bytes) = jobs
+        .iter()
+        .flat_map(|j| j["archive"]["files"].as_object().into_iter().flatten())
+        .filter(|(_, f)| f["status"] == "done")
+        .fold((0, 0), |(n, size), (_, f)| {
+            (n + 1, size + f["size"].as_u64().unwrap_or(0))
+        });
+    println!(
+        "Archived {files} files ({}) to {}: Pictory deletes its copies after a while; these stay, served by GET /v1/jobs/{{id}}/files/{{name}}.",
+        human_size(bytes),
+        kept.display()
+    );
 
     print_chain(&chain);
     if let Some(failed) = jobs.iter().find(|j| j["status"] == "failed") {
@@ -187,6 +202,40 @@ async fn tour(dir: &std::path::Path) -> anyhow::Result<()> {
     let _ = stop.send(());
     running.await??;
     Ok(())
+}
+
+/// The jobs again once the archive has kept (or given up on) the files of each completed one.
+async fn with_archives(
+    client: &reqwest::Client,
+    api: &str,
+    jobs: Vec<Value>,
+) -> anyhow::Result<Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut settled = Vec::with_capacity(jobs.len());
+    for mut job in jobs {
+        while job["archive"]["status"] == "pending" && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let id = job["job_id"].as_str().context("no job id")?;
+            job = client
+                .get(format!("{api}/v1/jobs/{id}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+        }
+        settled.push(job);
+    }
+    Ok(settled)
+}
+
+fn human_size(bytes: u64) -> String {
+    if bytes < 10 * 1024 {
+        format!("{bytes} B")
+    } else if bytes < 10 * 1024 * 1024 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    }
 }
 
 /// Three clips, each continuing (`POST /v1/jobs/{id}/continue`) from the last frame of the one
@@ -407,9 +456,27 @@ fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
+/// "4 files, 41.3 KiB" for a job whose files are archived; "-" for one with none.
+fn files_kept(job: &Value) -> String {
+    let Some(files) = job["archive"]["files"].as_object() else {
+        return "-".to_owned();
+    };
+    let done: Vec<u64> = files
+        .values()
+        .filter(|f| f["status"] == "done")
+        .map(|f| f["size"].as_u64().unwrap_or(0))
+        .collect();
+    format!(
+        "{} of {} files, {}",
+        done.len(),
+        files.len(),
+        human_size(done.iter().sum())
+    )
+}
+
 fn print_table(submitted: &[(String, &str)], jobs: &[Value]) {
     println!(
-        "\n{:>3}  {:<9} {:<12} {:<10} {:<13} {:>13} {:>8}",
+        "\n{:>3}  {:<9} {:<12} {:<10} {:<13} {:>13} {:>8}  files kept",
         "#", "job", "model", "status", "resolved by", "Get Job calls", "credits"
     );
     for (n, ((id, model), job)) in submitted.iter().zip(jobs).enumerate() {
@@ -422,14 +489,15 @@ fn print_table(submitted: &[(String, &str)], jobs: &[Value]) {
             None => "-",
         };
         println!(
-            "{:>3}  {:<9} {:<12} {:<10} {:<13} {:>13} {:>8}",
+            "{:>3}  {:<9} {:<12} {:<10} {:<13} {:>13} {:>8}  {}",
             n + 1,
             short(id),
             model,
             job["status"].as_str().unwrap_or("?"),
             resolved,
             job["poll_count"].as_i64().unwrap_or(0),
-            credits
+            credits,
+            files_kept(job)
         );
     }
 }

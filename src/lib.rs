@@ -5,6 +5,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod app;
+pub mod archive;
 pub mod changes;
 pub mod cli;
 pub mod config;

@@ -111,6 +111,8 @@ pub struct Metrics {
     pub throttled: Gauge,
     pub notification_attempts: Family<OutcomeLabel, Counter>,
     pub pruned_bodies: Counter,
+    pub archive_files: Family<ResultLabel, Counter>,
+    pub archive_bytes: Family<ResultLabel, Counter>,
     pub request_duration: Family<RequestLabels, Histogram>,
     pub connections_open: Family<ListenerLabel, Gauge>,
     pub connections_max: Family<ListenerLabel, Gauge>,
@@ -200,6 +202,18 @@ impl Metrics {
             "Raw webhook bodies removed by retention",
             pruned_bodies.clone(),
         );
+        let archive_files = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "archive_files",
+            "Archive attempts by result: done, retrying, gone, too_large, failed",
+            archive_files.clone(),
+        );
+        let archive_bytes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "archive_bytes",
+            "Bytes downloaded by archive attempts, by result (a cut download counts what it got)",
+            archive_bytes.clone(),
+        );
         let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -265,6 +279,8 @@ impl Metrics {
             throttled,
             notification_attempts,
             pruned_bodies,
+            archive_files,
+            archive_bytes,
             request_duration,
             connections_open,
             connections_max,

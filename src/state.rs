@@ -1,5 +1,6 @@
 //! The shared, cheaply cloned state every handler and background task gets.
 
+use crate::archive::Archive;
 use crate::changes::Changes;
 use crate::config::{decode_whsec, Config};
 use crate::domain::time::Clock;
@@ -32,6 +33,8 @@ pub struct Inner {
     pub quota: QuotaCache,
     /// Job changes, for long-polls.
     pub changes: Changes,
+    /// The output archive, when `archive.url` is set.
+    pub archive: Option<Arc<Archive>>,
     /// Nudges the notifier when work was queued outside a job change (manual retries).
     pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Cancelled when the service starts shutting down.
@@ -80,6 +83,13 @@ impl AppState {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|why| anyhow::anyhow!("configuration key `webhook.signing_secrets`: {why}"))?;
         let metrics = Arc::new(Metrics::new());
+        let archive = config
+            .archive
+            .url
+            .as_deref()
+            .map(Archive::open)
+            .transpose()?
+            .map(Arc::new);
         let store_for_ingest = store.clone();
         let changes = Changes::new();
         let poller = match &config.pictory.api_key {
@@ -114,6 +124,7 @@ impl AppState {
             changes,
             ingestor,
             quota: QuotaCache::default(),
+            archive,
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
             stopping: CancellationToken::new(),
             webhook_keys,
@@ -135,6 +146,13 @@ impl AppState {
     /// When a job tracked from `now` on is first polled; None when jobhook cannot poll.
     pub fn first_poll_at(&self, now: i64) -> Option<i64> {
         self.poller.as_ref().map(|p| p.first_poll_at(now))
+    }
+
+    /// Makes the archiver look at its schedule now (a clock that jumped, in tests).
+    pub fn wake_archiver(&self) {
+        if let Some(archive) = &self.archive {
+            archive.wake.notify_one();
+        }
     }
 
     /// Makes the reconciler look at its schedule now (a clock that jumped, in tests).

@@ -178,3 +178,16 @@ pub mod secret_list {
         s.collect_seq(value.iter().map(|_| REDACTED))
     }
 }
+
+/// Plain strings, as an array or a comma-separated string (`video,thumbnail`).
+pub mod list {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        texts(d)
+    }
+
+    pub fn serialize<S: Serializer>(value: &[String], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(value)
+    }
+}

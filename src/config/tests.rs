@@ -117,6 +117,49 @@ fn start_up_refusals_name_the_key() {
 }
 
 #[test]
+fn archive_settings_are_checked_and_name_the_key() {
+    Jail::expect_with(|jail| {
+        let base = format!("[webhook]\nsecret = \"{SECRET}\"\n");
+        for (section, key) in [
+            ("[archive]\nurl = \"gs://bucket\"", "archive.url"),
+            ("[archive]\nurl = \"file://relative\"", "archive.url"),
+            ("[archive]\nurl = \"s3:///x\"", "archive.url"),
+            (
+                "[archive]\nurl = \"s3://b\"\nfiles = [\"video\", \"audio\"]",
+                "archive.files",
+            ),
+            (
+                "[archive]\nurl = \"s3://b\"\nconcurrency = 0",
+                "archive.concurrency",
+            ),
+            (
+                "[archive]\nurl = \"s3://b\"\nmax_size = \"0B\"",
+                "archive.max_size",
+            ),
+            ("[notify]\nafter_archive = true", "notify.after_archive"),
+        ] {
+            let message = refusal(jail, &format!("{base}{section}\n"));
+            assert!(message.contains(key), "{section}: {message}");
+        }
+        let config = load_in(
+            jail,
+            &format!("{base}[archive]\nurl = \"s3://b/p\"\nmax_size = \"1GiB\"\n[notify]\nafter_archive = true\n"),
+        )
+        .unwrap();
+        assert_eq!(config.archive.max_size.as_u64(), 1 << 30);
+        assert_eq!(config.archive.files.len(), 4, "all four by default");
+        assert!(config.notify.after_archive);
+        jail.set_env("JOBHOOK_ARCHIVE_FILES", "video, last_frame");
+        let from_env = load_in(jail, &base).unwrap();
+        assert_eq!(from_env.archive.files, ["video", "last_frame"]);
+        jail.clear_env();
+        // Off by default.
+        assert!(load_in(jail, &base).unwrap().archive.url.is_none());
+        Ok(())
+    });
+}
+
+#[test]
 fn unknown_environment_key_is_refused() {
     Jail::expect_with(|jail| {
         jail.set_env("JOBHOOK_WEBHOOK_SECRET", SECRET);

@@ -1,5 +1,6 @@
 //! A tracked job, its history entries, and the decision of what a Pictory report changes.
 
+use super::archive::{Archive, ArchiveView};
 use super::status::{Cause, JobStatus};
 use super::time::rfc3339;
 use crate::pictory::{JobError, JobOutput, ReportedState};
@@ -35,6 +36,8 @@ pub struct Job {
     pub parent: Option<String>,
     /// The ids of the jobs that continue this one, oldest first.
     pub children: Vec<String>,
+    /// Its files' copies in the output archive (SPEC §10); None when none was made.
+    pub archive: Option<Archive>,
 }
 
 #[cfg(test)]
@@ -62,6 +65,7 @@ impl Job {
             parent_pk: None,
             parent: None,
             children: Vec::new(),
+            archive: None,
         }
     }
 }
@@ -94,6 +98,9 @@ pub struct JobView {
     pub parent: Option<String>,
     /// The jobs that continue this one, oldest first.
     pub children: Vec<String>,
+    /// The copies of its files in the output archive; null when archiving is off (or the job
+    /// has not completed).
+    pub archive: Option<ArchiveView>,
 }
 
 impl Job {
@@ -116,6 +123,7 @@ impl Job {
             next_poll_at: self.next_poll_at.map(rfc3339),
             parent: self.parent.clone(),
             children: self.children.clone(),
+            archive: self.archive.as_ref().map(|a| a.view(self.display_id())),
         }
     }
 

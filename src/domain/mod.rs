@@ -1,5 +1,6 @@
 //! jobhook's own vocabulary: jobs, their statuses, and how a Pictory report moves them.
 
+pub mod archive;
 pub mod job;
 pub mod search;
 pub mod status;

@@ -36,6 +36,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     RateLimited(String),
+    #[error("{0}")]
+    RangeNotSatisfiable(String),
     #[error("storage is unavailable, retry later")]
     Unavailable { retry_after_secs: u32 },
     /// Pictory answered with an error, or with something jobhook cannot relay: `502`.
@@ -116,6 +118,9 @@ impl ApiError {
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::RangeNotSatisfiable(_) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::BadGateway { code, .. } => (StatusCode::BAD_GATEWAY, code),
             ApiError::UpstreamUnavailable { .. } => {

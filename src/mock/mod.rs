@@ -25,6 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+mod files;
+pub use files::{synthetic, FileFault, FileRequest, FILES};
+
 /// How the fake behaves. Rates are probabilities from 0 to 1.
 #[derive(Debug, Clone)]
 pub struct MockOptions {
@@ -41,6 +44,11 @@ pub struct MockOptions {
     pub retry_after_secs: Option<u64>,
     pub error_rate: f64,
     pub seed: Option<u64>,
+    /// A completed job's files are deleted this long after it completed; the job then reads
+    /// `cleaned` (None: kept for ever).
+    pub clean_after: Option<Duration>,
+    /// Serve videos of this many (synthetic) bytes instead of the small sample.
+    pub video_size: Option<u64>,
 }
 
 impl Default for MockOptions {
@@ -57,6 +65,8 @@ impl Default for MockOptions {
             retry_after_secs: Some(2),
             error_rate: 0.0,
             seed: None,
+            clean_after: None,
+            video_size: None,
         }
     }
 }
@@ -69,6 +79,8 @@ pub enum MockState {
     Failed,
     /// Get Job answers 404.
     Gone,
+    /// Completed, then its files were deleted (`clean_after`, or `DELETE .../clean`).
+    Cleaned,
 }
 
 impl MockState {
@@ -78,6 +90,7 @@ impl MockState {
             "completed" => Some(MockState::Completed),
             "failed" => Some(MockState::Failed),
             "gone" | "not_found" => Some(MockState::Gone),
+            "cleaned" => Some(MockState::Cleaned),
             _ => None,
         }
     }
@@ -92,6 +105,8 @@ pub struct MockJob {
     pub credits: f64,
     /// The job whose last frame this one's `firstFrameImageUrl` is (a continuation).
     pub continues: Option<String>,
+    /// When it became `completed` (the fake's clock), for `clean_after`.
+    pub completed_at_ms: Option<i64>,
 }
 
 /// The host of the fake's output URLs.
@@ -131,6 +146,10 @@ struct Inner {
     /// Woken on every Generate request, for tests that must act while one is in flight.
     generate_seen: tokio::sync::Notify,
     webhooks_sent: AtomicUsize,
+    /// `http://ADDR` once the fake serves its own output files.
+    files_base: Mutex<Option<String>>,
+    forced_files: Mutex<VecDeque<files::FileFault>>,
+    file_requests: Mutex<Vec<files::FileRequest>>,
     rng: Mutex<StdRng>,
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
@@ -160,6 +179,9 @@ impl MockPictory {
                 generate_attempts: AtomicUsize::new(0),
                 generate_seen: tokio::sync::Notify::new(),
                 webhooks_sent: AtomicUsize::new(0),
+                files_base: Mutex::default(),
+                forced_files: Mutex::default(),
+                file_requests: Mutex::default(),
                 rng: Mutex::new(rng),
                 clock,
                 http: reqwest::Client::builder()
@@ -174,6 +196,11 @@ impl MockPictory {
         Router::new()
             .route("/pictoryapis/v1/aistudio/videos", post(generate))
             .route("/pictoryapis/v1/jobs/{id}", get(get_job))
+            .route(
+                "/pictoryapis/v1/jobs/{id}/clean",
+                axum::routing::delete(clean_job),
+            )
+            .route("/files/{id}/{file}", get(files::serve_file))
             .route("/pictoryapis/v1/quota", get(quota))
             .route("/_mock/jobs", get(list_jobs))
             .route("/_mock/jobs/{id}", axum::routing::put(set_job))
@@ -186,6 +213,7 @@ impl MockPictory {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        *lock(&self.inner.files_base) = Some(format!("http://{}", listener.local_addr()?));
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
@@ -218,8 +246,25 @@ impl MockPictory {
             get_calls: 0,
             credits: 8.0,
             continues: None,
+            completed_at_ms: None,
         });
+        if state == MockState::Completed && job.state != MockState::Completed {
+            job.completed_at_ms = Some(self.inner.clock.now_ms());
+        }
         job.state = state;
+    }
+
+    /// Deletes a completed job's files once `clean_after` has passed since it completed.
+    fn clean_if_due(&self, job: &mut MockJob) {
+        let Some(after) = self.options().clean_after else {
+            return;
+        };
+        let due = job
+            .completed_at_ms
+            .is_some_and(|at| self.inner.clock.now_ms() - at >= crate::domain::time::millis(after));
+        if job.state == MockState::Completed && due {
+            job.state = MockState::Cleaned;
+        }
     }
 
     /// Queues an exact answer for the next Get Job call.
@@ -302,7 +347,24 @@ impl MockPictory {
 
     /// The Get Job body for a job, exactly as Pictory documents it.
     pub fn job_body(&self, id: &str) -> Option<Value> {
-        lock(&self.inner.jobs).get(id).map(body_of)
+        let base = self.output_base();
+        let mut jobs = lock(&self.inner.jobs);
+        let job = jobs.get_mut(id)?;
+        self.clean_if_due(job);
+        Some(body_of(job, &base))
+    }
+
+    /// The URL of one of a job's output files (`video.mp4`...), as Get Job reports it.
+    pub fn file_url(&self, id: &str, file: &str) -> String {
+        format!("{}/{id}/{file}", self.output_base())
+    }
+
+    /// Where the fake's output URLs point: its own files once it serves them, else a CDN
+    /// host that does not resolve.
+    fn output_base(&self) -> String {
+        self.files_base()
+            .map(|base| format!("{base}/files"))
+            .unwrap_or_else(|| format!("https://{CDN_HOST}"))
     }
 
     /// Which of the fake's jobs a `firstFrameImageUrl` is the last frame of (None for an image
@@ -311,6 +373,16 @@ impl MockPictory {
     /// URLs, say), or an image of the fake's that is no completed job's last frame.
     fn first_frame_of(&self, url: &str) -> Result<Option<String>, String> {
         let parsed = reqwest::Url::parse(url).map_err(|_| "is not a URL".to_owned())?;
+        // The fake's own files come first: on a test machine they are served on loopback.
+        if let Some((id, file)) = self.own_file(url) {
+            let completed = lock(&self.inner.jobs)
+                .get(&id)
+                .is_some_and(|job| job.state == MockState::Completed);
+            if file != "last-frame.png" || !completed {
+                return Err("could not be downloaded: no such image".to_owned());
+            }
+            return Ok(Some(id));
+        }
         let host = parsed.host_str().unwrap_or_default();
         let unreachable = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(ip)) => {
@@ -329,20 +401,7 @@ impl MockPictory {
                 if host.is_empty() { "the host" } else { host }
             ));
         }
-        if parsed.host_str() != Some(CDN_HOST) {
-            return Ok(None);
-        }
-        let source = parsed
-            .path()
-            .strip_prefix('/')
-            .and_then(|path| path.strip_suffix("/last-frame.png"))
-            .filter(|id| {
-                lock(&self.inner.jobs)
-                    .get(*id)
-                    .is_some_and(|job| job.state == MockState::Completed)
-            })
-            .ok_or_else(|| "could not be downloaded: no such image".to_owned())?;
-        Ok(Some(source.to_owned()))
+        Ok(None)
     }
 
     fn chance(&self, rate: f64) -> bool {
@@ -373,6 +432,7 @@ impl MockPictory {
             job.state = if failed {
                 MockState::Failed
             } else {
+                job.completed_at_ms = Some(self.inner.clock.now_ms());
                 MockState::Completed
             };
         }
@@ -414,7 +474,8 @@ fn duration_of(request: &Value) -> Option<&str> {
     })
 }
 
-fn body_of(job: &MockJob) -> Value {
+/// `base` is where output URLs point (see [`MockPictory::output_base`]).
+fn body_of(job: &MockJob, base: &str) -> Value {
     let id = &job.id;
     match job.state {
         MockState::InProgress | MockState::Gone => {
@@ -424,12 +485,15 @@ fn body_of(job: &MockJob) -> Value {
             let duration = duration_of(&job.request).unwrap_or("5s");
             json!({"job_id": id, "success": true, "data": {
                 "status": "completed",
-                "url": format!("https://{CDN_HOST}/{id}/video.mp4"),
+                "url": format!("{base}/{id}/video.mp4"),
                 "duration": duration, "width": 1280, "height": 720,
-                "thumbnailImageUrl": format!("https://{CDN_HOST}/{id}/thumbnail.jpg"),
-                "lastFrameImageUrl": format!("https://{CDN_HOST}/{id}/last-frame.png"),
-                "previewImageUrl": format!("https://{CDN_HOST}/{id}/preview.jpg"),
+                "thumbnailImageUrl": format!("{base}/{id}/thumbnail.jpg"),
+                "lastFrameImageUrl": format!("{base}/{id}/last-frame.png"),
+                "previewImageUrl": format!("{base}/{id}/preview.jpg"),
                 "aiCreditsUsed": job.credits}})
+        }
+        MockState::Cleaned => {
+            json!({"job_id": id, "success": true, "data": {"status": "cleaned"}})
         }
         MockState::Failed => json!({"job_id": id, "success": false, "data": {
             "status": "failed", "error_code": "TEXT_TO_VIDEO_FAILED",
@@ -524,6 +588,7 @@ async fn generate(
         state: MockState::InProgress,
         get_calls: 0,
         continues,
+        completed_at_ms: None,
     };
     lock(&mock.inner.jobs).insert(id.clone(), job);
     tokio::spawn(mock.clone().run_job(id.clone(), webhook));
@@ -576,11 +641,37 @@ fn answer_get_job(mock: &MockPictory, id: &str, headers: &HeaderMap) -> Response
         )
             .into_response();
     }
+    let base = mock.output_base();
     let mut jobs = lock(&mock.inner.jobs);
     match jobs.get_mut(id) {
         Some(job) if job.state != MockState::Gone => {
             job.get_calls += 1;
-            Json(body_of(job)).into_response()
+            mock.clean_if_due(job);
+            Json(body_of(job, &base)).into_response()
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"success": false, "error_code": "5000", "error_message": "JOB_NOT_FOUND"})),
+        )
+            .into_response(),
+    }
+}
+
+/// `DELETE /v1/jobs/{id}/clean`: deletes a completed job's outputs now, as Pictory documents.
+async fn clean_job(
+    State(mock): State<MockPictory>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !mock.authorised(&headers) {
+        return unauthorised();
+    }
+    let mut jobs = lock(&mock.inner.jobs);
+    match jobs.get_mut(&id) {
+        Some(job) if job.state == MockState::Completed => {
+            job.state = MockState::Cleaned;
+            Json(json!({"success": true, "data": {"jobId": id, "status": "cleaned"}}))
+                .into_response()
         }
         _ => (
             StatusCode::NOT_FOUND,

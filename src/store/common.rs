@@ -2,7 +2,7 @@
 //! notification a move announces, how an optional value is kept as JSON text. Shared so the two
 //! stores cannot drift apart on what they write.
 
-use super::StoreError;
+use super::{ArchiveResult, ArchiveTask, StoreError};
 use crate::domain::{JobStatus, ReportPlan};
 use serde_json::{json, Value};
 
@@ -32,6 +32,35 @@ pub(crate) fn specific_event(to: JobStatus) -> Option<&'static str> {
         JobStatus::TimedOut => Some("job.timed_out"),
         _ => None,
     }
+}
+
+/// The event types a move to `to` announces: `job.updated`, and the specific one unless it
+/// is a `job.completed` held until the job's files are archived (`notify.after_archive`).
+pub(crate) fn announced_events(to: JobStatus, completion_held: bool) -> Vec<&'static str> {
+    std::iter::once("job.updated")
+        .chain(specific_event(to))
+        .filter(|event| !(completion_held && *event == "job.completed"))
+        .collect()
+}
+
+/// The history entry of one archive attempt (kind `archived`).
+pub(crate) fn archive_entry(task: &ArchiveTask, result: &ArchiveResult) -> Value {
+    let mut entry = json!({"file": task.name, "attempt": task.attempt});
+    match result {
+        ArchiveResult::Done { size, .. } => {
+            entry["outcome"] = json!("done");
+            entry["size"] = json!(size);
+        }
+        ArchiveResult::RetryAt { error, .. } => {
+            entry["outcome"] = json!("retrying");
+            entry["error"] = json!(error);
+        }
+        ArchiveResult::GaveUp { status, error } => {
+            entry["outcome"] = json!(status.as_str());
+            entry["error"] = json!(error);
+        }
+    }
+    entry
 }
 
 /// The Standard Webhooks id of the notification of one change (ids may not contain a full stop).

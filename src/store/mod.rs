@@ -1,5 +1,6 @@
 //! Durable storage behind one small trait, so handlers never see which database is underneath.
 
+use crate::domain::archive::{ArchivePolicy, FileStatus};
 use crate::domain::search::JobSearch;
 use crate::domain::{Cause, Job, JobEvent, JobStatus};
 use crate::pictory::{JobError, ReportedState};
@@ -403,10 +404,72 @@ pub trait Store: Send + Sync + 'static {
     /// out. Must stay fast for a year of a million jobs (a summary kept per day, not a scan of
     /// every job), except grouped by a metadata key, which may read each job of the range.
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+    /// Sets what the archive copies of jobs that complete from now on (None: archiving off),
+    /// from the configuration, at start-up.
+    async fn set_archive_policy(&self, policy: Option<&ArchivePolicy>) -> Result<(), StoreError>;
+    /// Leases up to `limit` archive files due at `now` until `lease_until`, so no other
+    /// archiver copies them meanwhile (a lease that runs out makes the file due again).
+    async fn claim_archive_files(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<ArchiveTask>, StoreError>;
+    /// Extends a running attempt's lease; false when it no longer holds the file.
+    async fn extend_archive_lease(
+        &self,
+        task: &ArchiveTask,
+        until: i64,
+    ) -> Result<bool, StoreError>;
+    /// Records how an attempt ended (and, once the job's files are settled, sends the
+    /// `job.completed` notifications held for them). Returns the job after it, or None when
+    /// the attempt had lost its claim (nothing is written then).
+    async fn record_archive_file(
+        &self,
+        task: &ArchiveTask,
+        result: ArchiveResult,
+        now: i64,
+    ) -> Result<Option<Job>, StoreError>;
+    /// The earliest pending archive attempt, if any.
+    async fn next_archive_due(&self) -> Result<Option<i64>, StoreError>;
+    /// Copies a completed job's files again (`POST /v1/jobs/{id}/archive`). None when the job
+    /// is not `completed` or archiving is off.
+    async fn archive_again(&self, job_pk: i64, now: i64) -> Result<Option<Job>, StoreError>;
+
     /// Job counts by status, for metrics.
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError>;
     /// Jobs whose next poll is past due: how many, and the due time of the oldest.
     async fn overdue(&self, now: i64) -> Result<(i64, Option<i64>), StoreError>;
+}
+
+/// An archive file leased for one download.
+#[derive(Debug, Clone)]
+pub struct ArchiveTask {
+    pub job_pk: i64,
+    /// The job's id (Pictory's, else the submission's): the object's folder.
+    pub job_ref: String,
+    /// `video`, `thumbnail`, `last_frame` or `preview`.
+    pub name: String,
+    pub source_url: String,
+    /// This attempt's number, from 1.
+    pub attempt: i64,
+    /// This attempt's token: only the holder of the current one may record a result.
+    pub claim: String,
+}
+
+/// How one archive attempt ended.
+#[derive(Debug, Clone)]
+pub enum ArchiveResult {
+    Done {
+        key: String,
+        size: i64,
+        sha256: String,
+        content_type: String,
+    },
+    /// A failure worth another attempt, at `at`.
+    RetryAt { at: i64, error: String },
+    /// No more attempts: `gone`, `too_large` or `failed`.
+    GaveUp { status: FileStatus, error: String },
 }
 
 /// A job leased for one Get Job call.

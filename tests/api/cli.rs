@@ -168,6 +168,10 @@ fn the_example_config_documents_every_key_and_loads() {
         "retry_schedule",
         "deliveries",
         "format",
+        "after_archive",
+        "files",
+        "concurrency",
+        "max_size",
     ] {
         assert!(
             example.contains(&format!("{key} =")),

@@ -46,7 +46,7 @@ async fn a_three_clip_chain_starts_each_clip_from_pictorys_last_frame_of_the_one
         assert_eq!(child["parent"], parent_id);
         assert_eq!(child["status"], "pending");
         let last_frame = parent["output"]["last_frame_image_url"].as_str().unwrap();
-        assert!(last_frame.starts_with("https://cdn.pictory.example/"));
+        assert_eq!(last_frame, app.mock().file_url(parent_id, "last-frame.png"));
         assert_eq!(child["request"]["firstFrameImageUrl"], last_frame);
         // The next clip keeps the model and aspect ratio unless told otherwise.
         assert_eq!(child["request"]["model"], "veo3.1_fast");

@@ -7,15 +7,16 @@
 use async_trait::async_trait;
 use jobhook::app::{Listeners, Service};
 use jobhook::config::Config;
+use jobhook::domain::archive::ArchivePolicy;
 use jobhook::domain::time::ManualClock;
 use jobhook::domain::{Job, JobEvent, JobStatus};
 use jobhook::mock::{MockOptions, MockPictory, MockState};
 use jobhook::state::AppState;
 use jobhook::store::{
-    self, Attempt, BatchFuture, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
-    EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
-    NotifyRoute, OthersChanges, Page, PollRecord, Registered, RenderResponse, ReplayInput,
-    Replayed, Store, StoreError, SubmitOutcome, UsageQuery, UsageRow,
+    self, ArchiveResult, ArchiveTask, Attempt, BatchFuture, Begun, Change, Claimed, Cursor,
+    Delivery, DeliveryFilter, EndpointState, Ingested, JobFilter, KeyState, NewDelivery,
+    NewSubmission, Notification, NotifyRoute, OthersChanges, Page, PollRecord, Registered,
+    RenderResponse, ReplayInput, Replayed, Store, StoreError, SubmitOutcome, UsageQuery, UsageRow,
 };
 use reqwest::{Client, Response};
 use secrecy::SecretString;
@@ -192,12 +193,21 @@ impl TestApp {
             let config = &self.state.config.pictory;
             (config.base_url.clone(), config.api_key.clone())
         });
+        // The same archive, if there was one.
+        let archive = &self.state.config.archive;
+        let (archive_url, archive_files, max_size) =
+            (archive.url.clone(), archive.files.clone(), archive.max_size);
+        let after_archive = self.state.config.notify.after_archive;
         let mut app = spawn(Options {
             configure: Box::new(move |config| {
                 if let Some((base_url, api_key)) = upstream {
                     config.pictory.base_url = base_url;
                     config.pictory.api_key = api_key;
                 }
+                config.archive.url = archive_url;
+                config.archive.files = archive_files;
+                config.archive.max_size = max_size;
+                config.notify.after_archive = after_archive;
             }),
             db: Some(db),
             pictory: None,
@@ -872,6 +882,45 @@ impl Store for FaultyStore {
     }
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         self.inner.usage(query).await
+    }
+    async fn set_archive_policy(&self, policy: Option<&ArchivePolicy>) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.set_archive_policy(policy).await
+    }
+    async fn claim_archive_files(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<ArchiveTask>, StoreError> {
+        self.faults.check()?;
+        self.inner
+            .claim_archive_files(now, lease_until, limit)
+            .await
+    }
+    async fn extend_archive_lease(
+        &self,
+        task: &ArchiveTask,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        self.faults.check()?;
+        self.inner.extend_archive_lease(task, until).await
+    }
+    async fn record_archive_file(
+        &self,
+        task: &ArchiveTask,
+        result: ArchiveResult,
+        now: i64,
+    ) -> Result<Option<Job>, StoreError> {
+        self.faults.check()?;
+        self.inner.record_archive_file(task, result, now).await
+    }
+    async fn next_archive_due(&self) -> Result<Option<i64>, StoreError> {
+        self.inner.next_archive_due().await
+    }
+    async fn archive_again(&self, job_pk: i64, now: i64) -> Result<Option<Job>, StoreError> {
+        self.faults.check()?;
+        self.inner.archive_again(job_pk, now).await
     }
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
         self.inner.count_by_status().await

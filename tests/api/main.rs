@@ -7,6 +7,8 @@ mod helpers;
 
 mod hostile;
 
+mod archive;
+mod archive_s3;
 mod cli;
 mod cluster;
 mod continuations;

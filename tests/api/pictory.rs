@@ -44,7 +44,7 @@ async fn a_lost_webhook_is_found_by_the_fallback_poll() {
     assert_eq!(job["resolved_by"], "poll");
     assert_eq!(
         job["output"]["url"],
-        "https://cdn.pictory.example/lost/video.mp4"
+        app.mock().file_url("lost", "video.mp4")
     );
     assert_eq!(job["poll_count"], 1);
     assert!(job["webhook_received_at"].is_null());

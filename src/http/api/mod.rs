@@ -3,6 +3,7 @@
 pub mod continuations;
 pub mod deliveries;
 pub mod events;
+pub mod files;
 pub mod jobs;
 pub mod notifications;
 pub mod ops;
@@ -30,6 +31,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/jobs/{id}/refresh", post(jobs::refresh_job))
         .route("/v1/jobs/{id}/continue", post(continuations::continue_job))
         .route("/v1/jobs/{id}/chain", get(continuations::get_chain))
+        .route("/v1/jobs/{id}/files/{name}", get(files::get_file))
+        .route("/v1/jobs/{id}/archive", post(files::archive_job))
         .route("/v1/webhook-url", get(jobs::webhook_url))
         .route("/v1/videos", post(videos::submit_video))
         .route("/v1/usage", get(usage::get_usage))
@@ -109,7 +112,8 @@ async fn require_token(
     paths(
         jobs::register_job, jobs::list_jobs, jobs::get_job, jobs::get_raw, jobs::get_events,
         jobs::refresh_job, jobs::webhook_url, videos::submit_video,
-        continuations::continue_job, continuations::get_chain, usage::get_usage,
+        continuations::continue_job, continuations::get_chain, files::get_file,
+        files::archive_job, usage::get_usage,
         quota::get_quota,
         events::events, notifications::list_notifications, notifications::get_notification,
         notifications::retry_notification, notifications::list_endpoints,

@@ -40,10 +40,24 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
+    // The archive is reported the same way: a store that refuses writes delays copies (they
+    // are retried), it does not stop webhooks.
+    let archive = match &state.archive {
+        None => None,
+        Some(archive) => Some(match archive.writable().await {
+            Ok(()) => json!({"writable": true}),
+            Err(why) => {
+                tracing::warn!(error = %why, "the archive store refuses writes");
+                json!({"writable": false, "error": why})
+            }
+        }),
+    };
     match state.store.ready(state.now_ms()).await {
-        Ok(()) => {
-            Json(json!({"status": "ready", "pictory": pictory, "polling": polling})).into_response()
-        }
+        Ok(()) => Json(
+            json!({"status": "ready", "pictory": pictory, "polling": polling,
+            "archive": archive}),
+        )
+        .into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "not ready");
             (

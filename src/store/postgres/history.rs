@@ -2,6 +2,7 @@
 //! deliveries to jobs, finishing submissions. Each runs inside the caller's [`Tx`], which holds
 //! the history lock. The same steps as `sqlite/history.rs`, in PostgreSQL's dialect.
 
+use super::archive;
 use super::corrupt;
 use super::outbox::enqueue_notifications;
 use super::rows::{job_from_row, JOB_COLUMNS};
@@ -235,6 +236,8 @@ pub(super) async fn apply_plan_noting(
     if let Some(reason) = reason {
         detail["reason"] = json!(reason);
     }
+    let archive = archive::plan(tx, &moved).await?;
+    moved.archive = archive.as_ref().map(archive::Planned::archive);
     // The change keeps the job as it is right after it (the event stream serves that), and
     // the job is written once, with the change as its newest entry.
     moved.updated_at = now;
@@ -264,7 +267,11 @@ pub(super) async fn apply_plan_noting(
     if counts_for_usage(moved.status) {
         record_usage(tx, &moved).await?;
     }
-    enqueue_notifications(tx, change_id, &moved, now).await
+    if let Some(planned) = &archive {
+        archive::start(tx, job.pk, planned, change_id, now).await?;
+    }
+    let held = archive.as_ref().is_some_and(|a| a.hold_completed);
+    enqueue_notifications(tx, change_id, &moved, held, now).await
 }
 
 /// Records how a submission's Generate call ended, and the response its key replays.
@@ -418,8 +425,11 @@ pub(super) async fn record_webhook(
         .as_ref()
         .filter(|plan| matches!(plan, ReportPlan::Move { .. }) || !job.status.is_final())
         .map(|_| body_delivery_id);
+    let mut archive = None;
     let moved = match plan.as_ref().and_then(|plan| job.apply(plan, now)) {
         Some(from) => {
+            archive = archive::plan(tx, &job).await?;
+            job.archive = archive.as_ref().map(archive::Planned::archive);
             let detail = json!({"from": from.as_str(), "to": job.status.as_str(),
                 "cause": Cause::Webhook.as_str()});
             let snapshot = serde_json::to_string(&job.view()).map_err(corrupt)?;
@@ -457,8 +467,12 @@ pub(super) async fn record_webhook(
     if moved && counts_for_usage(job.status) {
         record_usage(tx, &job).await?;
     }
+    if let Some(planned) = &archive {
+        archive::start(tx, job.pk, planned, job.seq, now).await?;
+    }
     if moved && notify {
-        enqueue_notifications(tx, job.seq, &job, now).await?;
+        let held = archive.as_ref().is_some_and(|a| a.hold_completed);
+        enqueue_notifications(tx, job.seq, &job, held, now).await?;
     }
     Ok(job)
 }

@@ -11,11 +11,13 @@
 //!   replicas' changes to this process (see [`Store::watch_others`]).
 
 use super::{
-    Attempt, AttemptOutcome, BatchFuture, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
-    EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
-    NotifyRoute, OthersChanges, Page, PollRecord, Registered, RenderResponse, ReplayInput,
-    Replayed, Store, StoreError, StoreOptions, SubmitOutcome, UsageQuery, UsageRow,
+    ArchiveResult, ArchiveTask, Attempt, AttemptOutcome, BatchFuture, Begun, Change, Claimed,
+    Cursor, Delivery, DeliveryFilter, EndpointState, Ingested, JobFilter, KeyState, NewDelivery,
+    NewSubmission, Notification, NotifyRoute, OthersChanges, Page, PollRecord, Registered,
+    RenderResponse, ReplayInput, Replayed, Store, StoreError, StoreOptions, SubmitOutcome,
+    UsageQuery, UsageRow,
 };
+use crate::domain::archive::ArchivePolicy;
 use crate::domain::search::MAX_VALUE_MATCHES;
 use crate::domain::{Cause, Job, JobEvent, JobStatus};
 use async_trait::async_trait;
@@ -29,6 +31,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+mod archive;
 mod history;
 mod leases;
 mod listen;
@@ -612,8 +615,9 @@ impl Store for PgStore {
         .execute(tx.db())
         .await?
         .rows_affected();
+        let files = archive::release_gone(&mut tx, now).await?;
         self.commit(tx).await?;
-        Ok(jobs + notifications)
+        Ok(jobs + notifications + files)
     }
 
     async fn release_claims(&self, pks: &[i64], now: i64) -> Result<(), StoreError> {
@@ -1214,6 +1218,59 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?
         .rows_affected())
+    }
+
+    async fn set_archive_policy(&self, policy: Option<&ArchivePolicy>) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        archive::set_policy(&mut tx, policy).await?;
+        self.commit(tx).await
+    }
+
+    async fn claim_archive_files(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<ArchiveTask>, StoreError> {
+        archive::claim(&self.pool, self.owner_number, now, lease_until, limit).await
+    }
+
+    async fn extend_archive_lease(
+        &self,
+        task: &ArchiveTask,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        archive::extend(&self.pool, task, until).await
+    }
+
+    async fn record_archive_file(
+        &self,
+        task: &ArchiveTask,
+        result: ArchiveResult,
+        now: i64,
+    ) -> Result<Option<Job>, StoreError> {
+        let notify = self.notify.load(Ordering::Relaxed);
+        let mut tx = self.begin().await?;
+        let job = archive::record(&mut tx, task, &result, notify, now).await?;
+        self.commit(tx).await?;
+        Ok(job)
+    }
+
+    async fn next_archive_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT due_at FROM archive_files WHERE status = 'pending' \
+             ORDER BY due_at LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
+
+    async fn archive_again(&self, job_pk: i64, now: i64) -> Result<Option<Job>, StoreError> {
+        let mut tx = self.begin().await?;
+        let job = archive::again(&mut tx, job_pk, now).await?;
+        self.commit(tx).await?;
+        Ok(job)
     }
 
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {

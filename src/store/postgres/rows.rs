@@ -1,12 +1,14 @@
 //! Column lists and row decoding, the same columns as SQLite's (see `sqlite/rows.rs`).
 
 use super::corrupt;
+use crate::domain::archive::Archive;
 use crate::domain::Job;
 use crate::store::{Change, Delivery, DeliveryOutcome, Notification, StoreError};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
-/// Every column of a job, and the ids of its parent and children (continuations), as on
+/// Every column of a job, the ids of its parent and children (continuations) and its archived
+/// files, as on
 /// SQLite (see `sqlite/rows.rs`, also for why the lookups are guarded). Only ever selected
 /// `FROM jobs` unaliased: the subqueries refer to the outer row as `jobs`.
 pub(super) const JOB_COLUMNS: &str =
@@ -17,7 +19,11 @@ pub(super) const JOB_COLUMNS: &str =
         FROM jobs p WHERE p.id = jobs.parent_pk) END AS parent_ref, \
     CASE WHEN status <> 'completed' THEN NULL ELSE \
         (SELECT COALESCE(json_agg(COALESCE(c.job_id, c.submission_id) ORDER BY c.id), '[]')::text \
-        FROM jobs c WHERE c.parent_pk = jobs.id) END AS children";
+        FROM jobs c WHERE c.parent_pk = jobs.id) END AS children, \
+    CASE WHEN status <> 'completed' THEN NULL ELSE \
+        (SELECT json_agg(json_build_object('name', a.name, 'status', a.status, 'size', a.size, \
+        'sha256', a.sha256, 'content_type', a.content_type, 'key', a.object_key, \
+        'error', a.error))::text FROM archive_files a WHERE a.job_pk = jobs.id) END AS archive";
 
 pub(super) const NOTIFICATION_COLUMNS: &str = "id, endpoint, event_type, job_pk, message_id, \
     payload, state, attempts, round_attempts, next_attempt_at, last_status, last_error, \
@@ -62,6 +68,9 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
         parent_pk: row.try_get("parent_pk")?,
         parent: row.try_get("parent_ref")?,
         children: json_value(row.try_get("children")?, "children")?.unwrap_or_default(),
+        archive: Archive::from_records(
+            json_value(row.try_get("archive")?, "archive")?.unwrap_or_default(),
+        ),
     })
 }
 

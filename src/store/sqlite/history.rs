@@ -2,6 +2,7 @@
 //! deliveries to jobs, finishing submissions. Each runs on the writer thread, inside the
 //! caller's transaction.
 
+use super::archive;
 use super::outbox::enqueue_notifications;
 use super::rows::{job_from_written, JOB_COLUMNS};
 use super::usage::record_usage;
@@ -218,6 +219,8 @@ pub(super) fn apply_plan_noting(
     if let Some(reason) = reason {
         detail["reason"] = json!(reason);
     }
+    let archive = archive::plan(tx, &moved)?;
+    moved.archive = archive.as_ref().map(archive::Planned::archive);
     // The change keeps the job as it is right after it (the event stream serves that), and
     // the job is written once, with the change as its newest entry.
     moved.updated_at = now;
@@ -247,7 +250,11 @@ pub(super) fn apply_plan_noting(
     if counts_for_usage(moved.status) {
         record_usage(tx, &moved)?;
     }
-    enqueue_notifications(tx, change_id, &moved, now)
+    if let Some(planned) = &archive {
+        archive::start(tx, job.pk, planned, change_id, now)?;
+    }
+    let held = archive.as_ref().is_some_and(|a| a.hold_completed);
+    enqueue_notifications(tx, change_id, &moved, held, now)
 }
 
 /// Records how a submission's Generate call ended, and the response its key replays.
@@ -386,12 +393,15 @@ pub(super) fn record_webhook(
     // When webhook bodies are trusted (verify mode off), the body is jobhook's latest word from
     // Pictory; it replaces `/raw` unless it is a stale one about a job already final. The job
     // refers to the delivery rather than keeping a second copy of its body.
+    let mut archive = None;
     let raw_delivery = plan
         .as_ref()
         .filter(|plan| matches!(plan, ReportPlan::Move { .. }) || !job.status.is_final())
         .map(|_| body_delivery_id);
     let moved = match plan.as_ref().and_then(|plan| job.apply(plan, now)) {
         Some(from) => {
+            archive = archive::plan(tx, &job)?;
+            job.archive = archive.as_ref().map(archive::Planned::archive);
             let detail = json!({"from": from.as_str(), "to": job.status.as_str(),
                 "cause": Cause::Webhook.as_str()});
             let snapshot = serde_json::to_string(&job.view()).map_err(corrupt)?;
@@ -430,8 +440,12 @@ pub(super) fn record_webhook(
     if moved && counts_for_usage(job.status) {
         record_usage(tx, &job)?;
     }
+    if let Some(planned) = &archive {
+        archive::start(tx, job.pk, planned, job.seq, now)?;
+    }
     if moved && notify {
-        enqueue_notifications(tx, job.seq, &job, now)?;
+        let held = archive.as_ref().is_some_and(|a| a.hold_completed);
+        enqueue_notifications(tx, job.seq, &job, held, now)?;
     }
     Ok(job)
 }

@@ -4,11 +4,12 @@
 //! wait behind the writer (WAL).
 
 use super::{
-    Attempt, AttemptOutcome, BatchFuture, Begun, Change, Claimed, Cursor, Delivery, DeliveryFilter,
-    EndpointState, Ingested, JobFilter, KeyState, NewDelivery, NewSubmission, Notification,
-    NotifyRoute, Page, PollRecord, Registered, RenderResponse, ReplayInput, Replayed, Store,
-    StoreError, StoreOptions, SubmitOutcome, UsageQuery, UsageRow,
+    ArchiveResult, ArchiveTask, Attempt, AttemptOutcome, BatchFuture, Begun, Change, Claimed,
+    Cursor, Delivery, DeliveryFilter, EndpointState, Ingested, JobFilter, KeyState, NewDelivery,
+    NewSubmission, Notification, NotifyRoute, Page, PollRecord, Registered, RenderResponse,
+    ReplayInput, Replayed, Store, StoreError, StoreOptions, SubmitOutcome, UsageQuery, UsageRow,
 };
+use crate::domain::archive::ArchivePolicy;
 use crate::domain::search::MAX_VALUE_MATCHES;
 use crate::domain::{Cause, Job, JobEvent, JobStatus};
 use async_trait::async_trait;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod archive;
 mod history;
 mod outbox;
 mod polls;
@@ -486,6 +488,64 @@ impl Store for SqliteStore {
         usage::usage(&self.reader, query).await
     }
 
+    async fn set_archive_policy(&self, policy: Option<&ArchivePolicy>) -> Result<(), StoreError> {
+        let policy = policy.cloned();
+        self.writer
+            .write(move |tx| archive::set_policy(tx, policy.as_ref()))
+            .await
+    }
+
+    async fn claim_archive_files(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<ArchiveTask>, StoreError> {
+        self.writer
+            .write(move |tx| archive::claim(tx, now, lease_until, limit))
+            .await
+    }
+
+    async fn extend_archive_lease(
+        &self,
+        task: &ArchiveTask,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let task = task.clone();
+        self.writer
+            .write(move |tx| archive::extend(tx, &task, until))
+            .await
+    }
+
+    async fn record_archive_file(
+        &self,
+        task: &ArchiveTask,
+        result: ArchiveResult,
+        now: i64,
+    ) -> Result<Option<Job>, StoreError> {
+        let task = task.clone();
+        let notify = self.notify.load(Ordering::Relaxed);
+        self.writer
+            .write(move |tx| archive::record(tx, &task, &result, notify, now))
+            .await
+    }
+
+    async fn next_archive_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT due_at FROM archive_files WHERE status = 'pending' \
+             ORDER BY due_at LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?
+        .flatten())
+    }
+
+    async fn archive_again(&self, job_pk: i64, now: i64) -> Result<Option<Job>, StoreError> {
+        self.writer
+            .write(move |tx| archive::again(tx, job_pk, now))
+            .await
+    }
+
     async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
@@ -741,7 +801,8 @@ impl Store for SqliteStore {
                     "UPDATE notifications SET next_attempt_at = ?1, leased = 0 WHERE leased = 1",
                     [now],
                 )?;
-                Ok(jobs + notifications)
+                let files = archive::release(tx, now)?;
+                Ok(jobs + notifications + files)
             })
             .await
     }

@@ -4,21 +4,43 @@ use super::writer::execute;
 use super::Tx;
 use crate::domain::time::rfc3339;
 use crate::domain::Job;
-use crate::store::common::{message_id, specific_event};
+use crate::store::common::{announced_events, message_id};
 use crate::store::StoreError;
 use rusqlite::params;
 use serde_json::json;
 
-/// One notification per endpoint that wants this change, in the outbox.
+/// One notification per endpoint that wants this change, in the outbox (`job.completed` left
+/// out while `completion_held`: it is sent when the job's files are archived).
 pub(super) fn enqueue_notifications(
+    tx: &Tx,
+    change_id: i64,
+    job: &Job,
+    completion_held: bool,
+    now: i64,
+) -> Result<(), StoreError> {
+    enqueue(
+        tx,
+        change_id,
+        job,
+        &announced_events(job.status, completion_held),
+        now,
+    )
+}
+
+/// The `job.completed` notifications held for a job's archive, now that it is settled: named
+/// after the completion's change, with the job as it is now (its `archive` block included).
+pub(super) fn enqueue_held_completion(
     tx: &Tx,
     change_id: i64,
     job: &Job,
     now: i64,
 ) -> Result<(), StoreError> {
+    enqueue(tx, change_id, job, &["job.completed"], now)
+}
+
+fn enqueue(tx: &Tx, change_id: i64, job: &Job, types: &[&str], now: i64) -> Result<(), StoreError> {
     let view = job.view();
-    let types = std::iter::once("job.updated").chain(specific_event(job.status));
-    for event_type in types {
+    for &event_type in types {
         let payload = json!({"type": event_type, "timestamp": rfc3339(now), "data": view});
         let message_id = message_id(change_id, event_type);
         execute(

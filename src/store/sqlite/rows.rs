@@ -3,13 +3,15 @@
 //! cannot drift apart.
 
 use super::corrupt;
+use crate::domain::archive::Archive;
 use crate::domain::Job;
 use crate::store::{Delivery, DeliveryOutcome, Notification, StoreError};
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-/// Every column of a job, and the ids of its parent and children (continuations). Only ever
+/// Every column of a job, the ids of its parent and children (continuations), and its files'
+/// records in the output archive (which only a `completed` job has). Only ever
 /// selected `FROM jobs` unaliased: the subqueries refer to the outer row as `jobs`.
 ///
 /// The writer reads jobs on the hot path of ingest, so the links cost nothing for the jobs
@@ -25,7 +27,11 @@ pub(super) const JOB_COLUMNS: &str =
         FROM jobs p WHERE p.id = jobs.parent_pk) END AS parent_ref, \
     CASE WHEN status <> 'completed' THEN NULL ELSE \
         (SELECT json_group_array(COALESCE(c.job_id, c.submission_id) ORDER BY c.id) \
-        FROM jobs c WHERE c.parent_pk = jobs.id) END AS children";
+        FROM jobs c WHERE c.parent_pk = jobs.id) END AS children, \
+    CASE WHEN status <> 'completed' THEN NULL ELSE \
+        (SELECT json_group_array(json_object('name', a.name, 'status', a.status, 'size', a.size, \
+        'sha256', a.sha256, 'content_type', a.content_type, 'key', a.object_key, \
+        'error', a.error)) FROM archive_files a WHERE a.job_pk = jobs.id) END AS archive";
 
 pub(super) const NOTIFICATION_COLUMNS: &str = "id, endpoint, event_type, job_pk, message_id, \
     payload, state, attempts, round_attempts, next_attempt_at, last_status, last_error, \
@@ -73,6 +79,9 @@ macro_rules! decode_job {
             parent_pk: row.$get("parent_pk")?,
             parent: row.$get("parent_ref")?,
             children: json_value(row.$get("children")?, "children")?.unwrap_or_default(),
+            archive: Archive::from_records(
+                json_value(row.$get("archive")?, "archive")?.unwrap_or_default(),
+            ),
         })
     }};
 }
