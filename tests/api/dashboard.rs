@@ -680,6 +680,7 @@ async fn pages_show_a_job_its_history_and_the_operations() {
             "{expected} missing from the job page"
         );
     }
+    assert!(!page.contains("Archive again"), "archiving is off");
     // Rows for the live table, as the page renders them; unknown ids are left out.
     let rows = browser.page(&format!("/live/rows?id={id}&id=nope")).await;
     assert_eq!(listed(&rows), [id.as_str()]);
@@ -728,4 +729,56 @@ async fn the_dashboard_can_be_turned_off() {
     let mut browser = Browser::new(&app);
     assert_eq!(browser.get("/").await.status(), StatusCode::NOT_FOUND);
     assert_eq!(browser.get("/login").await.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_archived_job_plays_its_kept_copy_with_the_session_and_can_be_archived_again() {
+    let archived = crate::archive::start(jobhook::mock::MockOptions::default(), |_| {}).await;
+    let app = &archived.app;
+    let job = app
+        .completed_video(&json!({"prompt": "a lighthouse kept for good"}))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let job = app.wait_archived(&id).await;
+    assert_eq!(job["archive"]["status"], "done", "{job}");
+    let mut browser = Browser::new(app);
+    browser.sign_in(TOKEN).await;
+
+    // The kept copies go before Pictory's, in the table and on the job's page.
+    let kept_video = format!("/v1/jobs/{id}/files/video");
+    let jobs = browser.page("/").await;
+    assert!(jobs.contains(&format!("src=\"/v1/jobs/{id}/files/thumbnail\"")));
+    let page = browser.page(&format!("/jobs/{id}")).await;
+    assert!(page.contains(&format!("playsinline src=\"{kept_video}\"")));
+    assert!(page.contains("The archived copy, kept by jobhook."));
+    assert!(page.contains("Files kept: <strong>done</strong>"));
+
+    // What the player fetches by itself: the session cookie is enough, and ranges work.
+    let video = browser.get(&kept_video).await;
+    assert_eq!(video.status(), 200);
+    assert_eq!(video.headers()[CONTENT_TYPE], "video/mp4");
+    assert!(!video.bytes().await.unwrap().is_empty());
+    let part = browser
+        .with_cookie(browser.client.get(format!("{}{kept_video}", app.api_url)))
+        .header("range", "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.bytes().await.unwrap().len(), 100);
+
+    // "Archive again" runs POST /v1/jobs/{id}/archive, behind the CSRF token like every button.
+    let path = format!("/jobs/{id}/archive");
+    assert_eq!(
+        browser.post(&path, &[]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let again = browser.post(&path, &[("csrf", &csrf_in(&page))]).await;
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&again), format!("/jobs/{id}?done=archived"));
+    assert_eq!(app.wait_archived(&id).await["archive"]["status"], "done");
+    assert!(browser
+        .page(&location(&again))
+        .await
+        .contains("copied to the archive again"));
 }

@@ -7,6 +7,7 @@ use super::page::{local_path, see_other, PageError};
 use super::view::segment;
 use crate::http::api::continuations;
 use crate::http::api::deliveries::replay_delivery;
+use crate::http::api::files::archive_job;
 use crate::http::api::jobs::refresh_job;
 use crate::http::api::notifications::{
     enable_endpoint as enable, retry_notification as retry, EnableEndpoint,
@@ -40,6 +41,17 @@ pub async fn refresh(
     let job = refresh_job(State(state), ApiPath(id)).await?;
     let json = serde_json::to_value(&job.0).unwrap_or(Value::Null);
     Ok(see_other(&job_href(&json, "refreshed")))
+}
+
+/// "Archive again": `POST /v1/jobs/{id}/archive`.
+pub async fn archive(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ActionForm(_): ActionForm<NoFields>,
+) -> Result<Response, PageError> {
+    let (_, job) = archive_job(State(state), ApiPath(id)).await?;
+    let json = serde_json::to_value(&job.0).unwrap_or(Value::Null);
+    Ok(see_other(&job_href(&json, "archived")))
 }
 
 /// "Replay": `POST /v1/deliveries/{id}/replay`; back to the job it applied to.

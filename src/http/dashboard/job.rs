@@ -41,6 +41,7 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "continued" => {
             "The next clip was submitted, starting from the last frame of the one before."
         }
+        "archived" => "The files are being copied to the archive again.",
         _ => return None,
     })
 }
@@ -81,6 +82,45 @@ struct DeliveryRow {
     body: String,
 }
 
+/// The job's archive block, for people: where each file's kept copy stands.
+struct Kept {
+    status: String,
+    files: Vec<KeptFile>,
+}
+
+struct KeptFile {
+    name: String,
+    status: String,
+    size: Option<String>,
+    error: Option<String>,
+}
+
+fn kept(archive: &Value) -> Option<Kept> {
+    let files = archive["files"].as_object()?;
+    Some(Kept {
+        status: archive["status"].as_str().unwrap_or("").to_owned(),
+        files: files
+            .iter()
+            .map(|(name, file)| KeptFile {
+                name: name.replace('_', " "),
+                status: file["status"].as_str().unwrap_or("").replace('_', " "),
+                size: file["size"].as_i64().map(bytes),
+                error: file["error"].as_str().map(|e| excerpt(e, 160)),
+            })
+            .collect(),
+    })
+}
+
+/// A size for people: `812 B`, `1.4 MB`.
+fn bytes(n: i64) -> String {
+    match n {
+        ..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} KB", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        _ => format!("{:.2} GB", n as f64 / 1e9),
+    }
+}
+
 struct NotificationRow {
     id: i64,
     event_type: String,
@@ -112,6 +152,10 @@ struct JobPage {
     notifications: Vec<NotificationRow>,
     /// Why "Refresh now" is not offered, when it is not.
     refresh_blocked: Option<&'static str>,
+    /// The output archive's copies; None when archiving is off.
+    kept: Option<Kept>,
+    /// "Archive again": archiving is on and the job has files to copy.
+    can_archive: bool,
     can_continue: bool,
     models: Vec<(&'static str, bool)>,
     durations: Vec<&'static str>,
@@ -229,6 +273,8 @@ pub async fn job_page(
         deliveries: deliveries.iter().map(|d| delivery_row(d, now)).collect(),
         notifications,
         refresh_blocked,
+        kept: kept(&json["archive"]),
+        can_archive: state.archive.is_some() && job.status == JobStatus::Completed,
         can_continue,
         models: rules::MODELS
             .iter()

@@ -40,6 +40,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/jobs/{id}", get(job::job_page))
         .route("/jobs/{id}/refresh", post(actions::refresh))
         .route("/jobs/{id}/continue", post(actions::continue_job))
+        .route("/jobs/{id}/archive", post(actions::archive))
         .route("/deliveries/{id}/replay", post(actions::replay))
         .route(
             "/notifications/{id}/retry",
