@@ -1,7 +1,8 @@
 """The stack the browser tests drive: a fake Pictory and jobhook, as their users run them.
 
-`jobhook mock-pictory` and `jobhook serve` start as child processes on loopback ports, with
-`api.tokens` set, so the dashboard asks for a token. Readiness is read from what each prints
+`jobhook mock-pictory` (which serves real MP4, JPG and PNG files at its output URLs) and
+`jobhook serve` start as child processes on loopback ports, with `api.tokens` set, so the
+dashboard asks for a token, and the output archive on, in a temporary folder. Readiness is read from what each prints
 when it listens, never waited for with a sleep.
 """
 
@@ -55,6 +56,8 @@ class Stack:
             "JOBHOOK_PICTORY_API_KEY": "pictai_browser_test",
             # Only webhooks and the refresh button ask Pictory: poll counts stay predictable.
             "JOBHOOK_RECONCILE_GRACE": "1h",
+            # Completed jobs' files are kept in a folder: the player plays jobhook's copy.
+            "JOBHOOK_ARCHIVE_URL": f"file://{workdir}/archive",
             "JOBHOOK_LOG_FORMAT": "json",
             "RUST_LOG": "info",
         })

@@ -4,7 +4,6 @@ Run by `.ci/browser`. Every wait is on something the page shows (Playwright's `e
 `wait_for_*`), never a sleep. The screenshots the README shows are taken here, into docs/.
 """
 
-import base64
 import os
 import re
 
@@ -14,48 +13,6 @@ from playwright.sync_api import expect
 from conftest import TOKEN
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs")
-CDN = "https://cdn.pictory.example/"
-
-# A short real video and a picture, made by the browser itself (a canvas recorded with
-# MediaRecorder): nothing to download, no media tools needed on the machine.
-MAKE_MEDIA = """async () => {
-  const canvas = document.createElement('canvas');
-  canvas.width = 320; canvas.height = 180;
-  const g = canvas.getContext('2d');
-  const draw = (t) => {
-    const grad = g.createLinearGradient(0, 0, 320, 180);
-    grad.addColorStop(0, `hsl(${(t * 40) % 360}, 70%, 45%)`);
-    grad.addColorStop(1, '#0d1117');
-    g.fillStyle = grad; g.fillRect(0, 0, 320, 180);
-    g.fillStyle = '#fff'; g.font = 'bold 28px sans-serif'; g.fillText('jobhook', 100, 100);
-  };
-  draw(0);
-  const picture = canvas.toDataURL('image/png').split(',')[1];
-  const recorder = new MediaRecorder(canvas.captureStream(25), {mimeType: 'video/webm'});
-  const chunks = [];
-  recorder.ondataavailable = (e) => chunks.push(e.data);
-  const stopped = new Promise((resolve) => { recorder.onstop = resolve; });
-  recorder.start();
-  let frame = 0;
-  await new Promise((resolve) => {
-    const tick = () => { draw(frame++); if (frame < 40) requestAnimationFrame(tick); else resolve(); };
-    requestAnimationFrame(tick);
-  });
-  recorder.stop();
-  await stopped;
-  const bytes = new Uint8Array(await new Blob(chunks).arrayBuffer());
-  let binary = '';
-  for (const b of bytes) binary += String.fromCharCode(b);
-  return {video: btoa(binary), picture};
-}"""
-
-
-@pytest.fixture(scope="session")
-def media(browser):
-    page = browser.new_page()
-    made = page.evaluate(MAKE_MEDIA)
-    page.close()
-    return {"video": base64.b64decode(made["video"]), "picture": base64.b64decode(made["picture"])}
 
 
 @pytest.fixture(scope="session")
@@ -78,26 +35,10 @@ def jobs(stack):
     return ids
 
 
-def serve_fake_cdn(context, media):
-    """Pictory's output URLs point at the fake's CDN host, which does not exist: the browser is
-    given real bytes for them, as a CDN would serve them. (Once the output archive serves the
-    files, the video comes from jobhook itself and this is only for Pictory's copies.)"""
-
-    def fulfil(route):
-        url = route.request.url
-        if url.endswith(".mp4"):
-            route.fulfill(status=200, body=media["video"], content_type="video/webm")
-        else:
-            route.fulfill(status=200, body=media["picture"], content_type="image/png")
-
-    context.route(CDN + "**", fulfil)
-
-
 @pytest.fixture()
-def signed_in(browser, stack, jobs, media):
+def signed_in(browser, stack, jobs):
     """A browser context that signed in through the form."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
-    serve_fake_cdn(context, media)
     page = context.new_page()
     page.goto(stack.api + "/")
     expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
@@ -153,27 +94,36 @@ def test_a_job_that_changes_moves_to_the_top_without_a_reload(signed_in, stack, 
 def test_a_jobs_page_plays_its_video_and_refresh_asks_pictory_again(signed_in, stack, jobs):
     _, page = signed_in
     job_id = jobs[0]
+    # The archive copies the job's files in the background: wait for it (the page's own
+    # session reads the API, as the player does).
+    page.wait_for_function("""async (id) => {
+        const job = await (await fetch('/v1/jobs/' + encodeURIComponent(id))).json();
+        return job.archive && job.archive.status === 'done';
+    }""", arg=job_id, polling=100)
     row(page, job_id).get_by_role("link", name=job_id).click()
     expect(page.get_by_role("heading", level=1)).to_contain_text(job_id)
+    expect(page.locator("#archive-status")).to_contain_text("done")
 
-    # The player's source: the archived copy when there is one, else Pictory's URL.
-    job = stack.job(job_id)
-    archived = ((job.get("archive") or {}).get("files") or {}).get("video") or {}
-    expected = archived["url"] if archived.get("status") == "done" else job["output"]["url"]
+    # The player's source is jobhook's kept copy, not Pictory's (which Pictory deletes).
+    kept = f"/v1/jobs/{job_id}/files/video"
+    assert stack.job(job_id)["archive"]["files"]["video"]["url"] == kept
     video = page.locator("video#video")
-    expect(video).to_have_attribute("src", expected)
-    # It answers bytes: jobhook's archived copy is read with the session cookie (the page
-    # cannot read another origin's bytes, so Pictory's copy is judged by the player alone).
-    if expected.startswith("/"):
-        fetched = page.evaluate("""async (src) => {
-            const r = await fetch(src, {credentials: 'same-origin'});
-            return {status: r.status, size: (await r.arrayBuffer()).byteLength};
-        }""", expected)
-        assert fetched["status"] == 200 and fetched["size"] > 0, fetched
-    # And it plays: the player has frames, and time moves.
+    expect(video).to_have_attribute("src", kept)
+    # It answers bytes to the session cookie (the player sends no token)...
+    fetched = page.evaluate("""async (src) => {
+        const r = await fetch(src, {credentials: 'same-origin'});
+        return {status: r.status, type: r.headers.get('content-type'), size: (await r.arrayBuffer()).byteLength};
+    }""", kept)
+    assert fetched["status"] == 200 and fetched["type"] == "video/mp4" and fetched["size"] > 0, fetched
+    # ...and it plays: the player has frames, and time moves.
     page.evaluate("""() => { const v = document.getElementById('video'); v.muted = true; return v.play(); }""")
     page.wait_for_function("document.getElementById('video').readyState >= 2")
     page.wait_for_function("document.getElementById('video').currentTime > 0")
+    # The images are the kept copies too.
+    expect(page.locator(f'img[src="/v1/jobs/{job_id}/files/thumbnail"]')).to_have_count(1)
+    page.evaluate("document.getElementById('video').pause()")
+    os.makedirs(DOCS, exist_ok=True)
+    page.screenshot(path=os.path.join(DOCS, "dashboard-job.png"))
 
     # The history shows the webhook, the Get Job call it caused, and the status change.
     timeline = page.locator("#timeline")
@@ -185,9 +135,18 @@ def test_a_jobs_page_plays_its_video_and_refresh_asks_pictory_again(signed_in, s
     page.get_by_role("button", name="Refresh now").click()
     expect(page.locator(".notice")).to_contain_text("Asked Pictory")
     expect(page.locator("#poll-count")).to_have_text(str(calls + 1))
-    page.wait_for_function("document.getElementById('video').readyState >= 2")
-    os.makedirs(DOCS, exist_ok=True)
-    page.screenshot(path=os.path.join(DOCS, "dashboard-job.png"))
+
+
+def test_archive_again_copies_the_files_once_more(signed_in, stack, jobs):
+    _, page = signed_in
+    job_id = jobs[1]
+    page.goto(f"{stack.api}/jobs/{job_id}")
+    page.get_by_role("button", name="Archive again").click()
+    expect(page.locator(".notice")).to_contain_text("copied to the archive again")
+    page.wait_for_function("""async (id) => {
+        const job = await (await fetch('/v1/jobs/' + encodeURIComponent(id))).json();
+        return job.archive.status === 'done';
+    }""", arg=job_id, polling=100)
 
 
 def test_a_post_without_its_csrf_token_is_refused(signed_in, stack, jobs):
@@ -206,10 +165,9 @@ def test_a_post_without_its_csrf_token_is_refused(signed_in, stack, jobs):
     expect(page.locator("#poll-count")).to_have_text(str(calls))
 
 
-def test_nothing_scrolls_sideways_at_375_pixels(browser, signed_in, stack, jobs, media):
+def test_nothing_scrolls_sideways_at_375_pixels(browser, signed_in, stack, jobs):
     context, _ = signed_in
     phone = browser.new_context(viewport={"width": 375, "height": 800}, storage_state=context.storage_state())
-    serve_fake_cdn(phone, media)
     page = phone.new_page()
     for path in ["/", f"/jobs/{jobs[0]}", f"/jobs/{jobs[2]}", "/ops", "/login"]:
         page.goto(stack.api + path)
