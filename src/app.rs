@@ -129,7 +129,7 @@ impl Service {
             hold_completed: config.notify.after_archive,
         });
         store
-            .set_archive_policy(policy.as_ref())
+            .set_archive_policy(policy.as_ref(), clock.now_ms())
             .await
             .context("cannot store the archive policy")?;
         // Leases a dead process left: on SQLite (one process) all of them are due now; on

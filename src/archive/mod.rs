@@ -22,6 +22,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -109,6 +110,7 @@ impl Archiver {
         let slots = Arc::new(Semaphore::new(this.concurrency));
         let mut running = JoinSet::new();
         let mut completions = this.changes.subscribe();
+        let mut listening = true;
         loop {
             let free = slots.available_permits();
             let now = this.clock.now_ms();
@@ -152,12 +154,13 @@ impl Archiver {
                     () = &mut sleep => break,
                     () = this.archive.wake.notified() => break,
                     Some(_) = running.join_next(), if !running.is_empty() => break,
-                    change = completions.recv() => {
+                    change = completions.recv(), if listening => match change {
                         // A completed job has files to copy; other changes are not this loop's.
-                        if !matches!(change, Ok(c) if c.status != JobStatus::Completed) {
-                            break;
-                        }
-                    }
+                        Ok(c) if c.status != JobStatus::Completed => {}
+                        Ok(_) | Err(RecvError::Lagged(_)) => break,
+                        // The service is going away; the timer keeps the loop going meanwhile.
+                        Err(RecvError::Closed) => listening = false,
+                    },
                 }
             }
         }

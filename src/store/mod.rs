@@ -405,8 +405,14 @@ pub trait Store: Send + Sync + 'static {
     /// every job), except grouped by a metadata key, which may read each job of the range.
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
     /// Sets what the archive copies of jobs that complete from now on (None: archiving off),
-    /// from the configuration, at start-up.
-    async fn set_archive_policy(&self, policy: Option<&ArchivePolicy>) -> Result<(), StoreError>;
+    /// from the configuration, at start-up. When completions are no longer held for the archive
+    /// (archiving off, or `notify.after_archive` off), the `job.completed` notifications still
+    /// held are sent now: nothing would release them otherwise.
+    async fn set_archive_policy(
+        &self,
+        policy: Option<&ArchivePolicy>,
+        now: i64,
+    ) -> Result<(), StoreError>;
     /// Leases up to `limit` archive files due at `now` until `lease_until`, so no other
     /// archiver copies them meanwhile (a lease that runs out makes the file due again).
     async fn claim_archive_files(

@@ -70,6 +70,28 @@ impl TestApp {
         }
     }
 
+    /// Waits until `n` archive attempts of the job are in its history; returns their outcomes.
+    async fn wait_for_attempts(&self, id: &str, n: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let outcomes: Vec<String> = self
+                .events(id)
+                .await
+                .iter()
+                .filter(|e| e["kind"] == "archived")
+                .map(|e| e["outcome"].as_str().unwrap().to_owned())
+                .collect();
+            if outcomes.len() >= n {
+                return outcomes;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "attempt {n} not recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Moves the clock past any retry's backoff and wakes the archiver.
     fn skip_backoff(&self) {
         self.clock.advance_ms(60 * 60_000);
@@ -365,30 +387,21 @@ async fn server_errors_are_retried_with_backoff_until_the_file_is_kept() {
     let job = app.completed_video(&json!({"prompt": "a fox"})).await;
     let id = job["job_id"].as_str().unwrap();
     app.wait_for_downloads(1).await;
+    // Each attempt is recorded before the clock jumps again (a jump past the lease of an
+    // attempt still recording would let the next one take the file over, as it should).
+    app.wait_for_attempts(id, 1).await;
     // Not tried again before its backoff has passed.
-    let attempts = |events: &[Value]| {
-        events
-            .iter()
-            .filter(|e| e["kind"] == "archived")
-            .map(|e| e["outcome"].as_str().unwrap().to_owned())
-            .collect::<Vec<_>>()
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while attempts(&app.events(id).await).is_empty() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     app.state.wake_archiver();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(app.mock().file_requests().len(), 1, "the backoff is kept");
 
     app.skip_backoff();
-    app.wait_for_downloads(2).await;
+    app.wait_for_attempts(id, 2).await;
     app.skip_backoff();
     let job = app.wait_archived(id).await;
     assert_eq!(job["archive"]["status"], "done");
     assert_eq!(
-        attempts(&app.events(id).await),
+        app.wait_for_attempts(id, 3).await,
         ["retrying", "retrying", "done"]
     );
     let statuses: Vec<u16> = app
@@ -504,7 +517,49 @@ async fn archiving_again_copies_the_files_anew() {
         .iter()
         .any(|e| e["kind"] == "archive_requested"));
 
+    // Asked twice in a row: the second request takes over, one copy is kept.
+    assert_eq!(
+        app.post_empty(&format!("/v1/jobs/{id}/archive"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        app.post_empty(&format!("/v1/jobs/{id}/archive"))
+            .await
+            .status(),
+        202
+    );
+    let job = app.wait_archived(id).await;
+    assert_eq!(job["archive"]["status"], "done");
+    let bytes = app.mock().file_bytes("video.mp4").unwrap();
+    assert_eq!(
+        job["archive"]["files"]["video"]["sha256"],
+        sha256_hex(&bytes)
+    );
+    let served = app.get(&format!("/v1/jobs/{id}/files/video")).await;
+    assert_eq!(served.bytes().await.unwrap().to_vec(), bytes);
+
     assert_eq!(app.post_empty("/v1/jobs/nope/archive").await.status(), 404);
+    let long_id = "x".repeat(500);
+    assert_eq!(
+        app.post_empty(&format!("/v1/jobs/{long_id}/archive"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/v1/jobs/{long_id}/files/video"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/v1/jobs/{id}/files/..%2F..%2Fetc%2Fpasswd"))
+            .await
+            .status(),
+        404
+    );
     // A job that is not completed has nothing to archive.
     let pending = app
         .post_json("/v1/videos", &json!({"prompt": "a cat"}))
@@ -537,17 +592,31 @@ async fn without_an_archive_there_is_no_archive_block_and_nothing_to_copy() {
     assert!(app.mock().file_requests().is_empty());
 }
 
+/// An endpoint nobody listens at: the outbox is what the tests check.
+fn outbox_endpoint() -> NotifyEndpoint {
+    NotifyEndpoint {
+        url: "http://127.0.0.1:9/hooks".into(),
+        secret: SecretString::from("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        events: vec!["job.completed".into(), "job.updated".into()],
+    }
+}
+
+fn of_type(list: &Value, kind: &str) -> Vec<Value> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["type"] == kind)
+        .cloned()
+        .collect()
+}
+
 #[tokio::test]
 async fn completed_notifications_wait_for_the_files_and_carry_the_archive() {
     let Archived { app, dir: _dir } = start(MockOptions::default(), |config| {
         video_only(config);
         config.notify.after_archive = true;
-        // Nobody listens there: the outbox is what is checked.
-        config.notify.endpoints = vec![NotifyEndpoint {
-            url: "http://127.0.0.1:9/hooks".into(),
-            secret: SecretString::from("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
-            events: vec!["job.completed".into(), "job.updated".into()],
-        }];
+        config.notify.endpoints = vec![outbox_endpoint()];
     })
     .await;
     app.mock().force_next_file(FileFault::Status(500));
@@ -555,15 +624,6 @@ async fn completed_notifications_wait_for_the_files_and_carry_the_archive() {
     let id = job["job_id"].as_str().unwrap();
     app.wait_for_downloads(1).await;
 
-    let of_type = |list: &Value, kind: &str| {
-        list["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["type"] == kind)
-            .cloned()
-            .collect::<Vec<_>>()
-    };
     let outbox = app.get_json("/v1/notifications").await;
     assert!(!of_type(&outbox, "job.updated").is_empty(), "{outbox}");
     assert!(
@@ -671,4 +731,46 @@ async fn two_replicas_never_copy_the_same_file_twice() {
     };
     let (by_a, by_b) = (done(&a.metrics().await), done(&b.metrics().await));
     assert_eq!(by_a + by_b, 80.0);
+}
+
+#[tokio::test]
+async fn held_completions_are_sent_once_the_wait_is_switched_off() {
+    let Archived { mut app, dir } = start(MockOptions::default(), |config| {
+        video_only(config);
+        config.notify.after_archive = true;
+        config.notify.endpoints = vec![outbox_endpoint()];
+    })
+    .await;
+    app.mock().force_next_file(FileFault::StallAfter(100));
+    let job = app.completed_video(&json!({"prompt": "a fox"})).await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    app.wait_for_downloads(1).await;
+    let outbox = app.get_json("/v1/notifications").await;
+    assert!(
+        of_type(&outbox, "job.completed").is_empty(),
+        "held: {outbox}"
+    );
+
+    // Started again without notify.after_archive: nothing would ever release the hold.
+    app.stop().await.unwrap();
+    let pictory = app.state.config.pictory.base_url.clone();
+    let url = format!("file://{}", dir.path().display());
+    let mut options = Options::new(move |config| {
+        config.archive.url = Some(url);
+        video_only(config);
+        config.notify.endpoints = vec![outbox_endpoint()];
+        config.pictory.base_url = pictory;
+        config.pictory.api_key = Some(SecretString::from("pictai_test_key"));
+    });
+    options.db = Some(app.db.take());
+    options.clock = Some(app.clock.clone());
+    let again = spawn(options).await;
+    let outbox = again.get_json("/v1/notifications").await;
+    let completed = of_type(&outbox, "job.completed");
+    assert_eq!(completed.len(), 1, "{outbox}");
+    assert_eq!(completed[0]["payload"]["data"]["job_id"], id.as_str());
+    assert!(completed[0]["message_id"]
+        .as_str()
+        .unwrap()
+        .ends_with("_completed"));
 }

@@ -883,9 +883,13 @@ impl Store for FaultyStore {
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         self.inner.usage(query).await
     }
-    async fn set_archive_policy(&self, policy: Option<&ArchivePolicy>) -> Result<(), StoreError> {
+    async fn set_archive_policy(
+        &self,
+        policy: Option<&ArchivePolicy>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         self.faults.check()?;
-        self.inner.set_archive_policy(policy).await
+        self.inner.set_archive_policy(policy, now).await
     }
     async fn claim_archive_files(
         &self,

@@ -8,7 +8,7 @@ mod helpers;
 mod hostile;
 
 mod archive;
-mod archive_s3;
+mod archive_binary;
 mod cli;
 mod cluster;
 mod continuations;

@@ -78,7 +78,8 @@ pub async fn get_file(
             return Ok(response);
         }
     };
-    let location = Path::from(kept.key.as_str());
+    // The key was stored as the store wrote it (each part already escaped).
+    let location = Path::parse(&kept.key).map_err(|_| not_kept())?;
     let fetched = match &range {
         None => archive.store.get(&location).await,
         Some(range) => {

@@ -101,7 +101,20 @@ async fn policy(tx: &mut Tx) -> Result<Option<ArchivePolicy>, StoreError> {
 pub(super) async fn set_policy(
     tx: &mut Tx,
     policy: Option<&ArchivePolicy>,
+    notify: bool,
+    now: i64,
 ) -> Result<(), StoreError> {
+    if !policy.is_some_and(|p| p.hold_completed) {
+        let held: Vec<(i64, i64)> =
+            sqlx::query_as("DELETE FROM archive_holds RETURNING job_pk, change_id")
+                .fetch_all(tx.db())
+                .await?;
+        for (job_pk, change_id) in held.into_iter().filter(|_| notify) {
+            let job = job_by_pk(tx, job_pk).await?;
+            tx.touched(job_pk);
+            enqueue_held_completion(tx, change_id, &job, now).await?;
+        }
+    }
     sqlx::query("DELETE FROM archive_policy")
         .execute(tx.db())
         .await?;

@@ -1220,9 +1220,14 @@ impl Store for PgStore {
         .rows_affected())
     }
 
-    async fn set_archive_policy(&self, policy: Option<&ArchivePolicy>) -> Result<(), StoreError> {
+    async fn set_archive_policy(
+        &self,
+        policy: Option<&ArchivePolicy>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let notify = self.notify.load(Ordering::Relaxed);
         let mut tx = self.begin().await?;
-        archive::set_policy(&mut tx, policy).await?;
+        archive::set_policy(&mut tx, policy, notify, now).await?;
         self.commit(tx).await
     }
 

@@ -92,7 +92,23 @@ fn policy(tx: &Tx) -> Result<Option<ArchivePolicy>, StoreError> {
     )
 }
 
-pub(super) fn set_policy(tx: &Tx, policy: Option<&ArchivePolicy>) -> Result<(), StoreError> {
+pub(super) fn set_policy(
+    tx: &Tx,
+    policy: Option<&ArchivePolicy>,
+    notify: bool,
+    now: i64,
+) -> Result<(), StoreError> {
+    if !policy.is_some_and(|p| p.hold_completed) {
+        let held = query_all(
+            tx,
+            "DELETE FROM archive_holds RETURNING job_pk, change_id",
+            [],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+        )?;
+        for (job_pk, change_id) in held.into_iter().filter(|_| notify) {
+            enqueue_held_completion(tx, change_id, &job_by_pk(tx, job_pk)?, now)?;
+        }
+    }
     execute(tx, "DELETE FROM archive_policy", [])?;
     if let Some(policy) = policy {
         execute(

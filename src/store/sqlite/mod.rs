@@ -488,10 +488,15 @@ impl Store for SqliteStore {
         usage::usage(&self.reader, query).await
     }
 
-    async fn set_archive_policy(&self, policy: Option<&ArchivePolicy>) -> Result<(), StoreError> {
+    async fn set_archive_policy(
+        &self,
+        policy: Option<&ArchivePolicy>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let policy = policy.cloned();
+        let notify = self.notify.load(Ordering::Relaxed);
         self.writer
-            .write(move |tx| archive::set_policy(tx, policy.as_ref()))
+            .write(move |tx| archive::set_policy(tx, policy.as_ref(), notify, now))
             .await
     }
 

@@ -1,9 +1,10 @@
-//! The archive on S3: the `jobhook` binary with `archive.url = s3://...` and the usual `AWS_*`
-//! variables, against a local S3-compatible server (moto, started by `.ci/s3-server`).
+//! The archive in the `jobhook` binary: on S3 (`archive.url = s3://...` and the usual `AWS_*`
+//! variables, against a local S3-compatible server, moto, started by `.ci/s3-server`), and
+//! through a `kill -9` in the middle of a file.
 
 use crate::crash::{start_with, Service};
 use crate::helpers::{TestDb, TOKEN};
-use jobhook::mock::{synthetic, MockOptions, MockPictory, MockState};
+use jobhook::mock::{synthetic, FileFault, MockOptions, MockPictory, MockState};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
@@ -240,4 +241,51 @@ async fn a_store_that_refuses_writes_is_reported_and_files_wait() {
         .as_str()
         .unwrap()
         .contains("archive refused"));
+}
+
+#[tokio::test]
+async fn a_file_cut_off_by_kill_9_is_copied_again_whole_after_the_restart() {
+    let mock = MockPictory::new(
+        MockOptions::default(),
+        Arc::new(jobhook::domain::time::SystemClock),
+    );
+    let base = mock.spawn().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let archive_url = format!("file://{}", dir.path().display());
+    let env = [
+        ("JOBHOOK_ARCHIVE_URL", archive_url.as_str()),
+        ("JOBHOOK_ARCHIVE_FILES", "video"),
+        ("JOBHOOK_PICTORY_BASE_URL", base.as_str()),
+        ("JOBHOOK_PICTORY_API_KEY", "pictai_test_key"),
+    ];
+    let db = TestDb::fresh().await;
+    let mut service = start_with(&db, &env).await;
+    // The download sends 2000 bytes and then hangs: the process is killed in the middle.
+    mock.force_next_file(FileFault::StallAfter(2000));
+    let id = complete_one(&service, &mock).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while mock.file_requests().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no download started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    service.child.kill().await.unwrap();
+
+    let service = start_with(&db, &env).await;
+    let job = wait_archived(&service, &id).await;
+    let bytes = mock.file_bytes("video.mp4").unwrap();
+    assert_eq!(
+        job["archive"]["files"]["video"]["sha256"],
+        hex_sha256(&bytes),
+        "{job}"
+    );
+    assert_eq!(mock.file_requests().len(), 2, "copied again from the start");
+    assert_eq!(
+        std::fs::read(dir.path().join(&id).join("video.mp4")).unwrap(),
+        bytes
+    );
+    let served = service.get(&format!("/v1/jobs/{id}/files/video")).await;
+    assert_eq!(served.bytes().await.unwrap().to_vec(), bytes);
 }
