@@ -10,6 +10,8 @@ RUN mkdir -p src/bin && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.r
     && echo 'fn main() {}' > src/bin/jobhook-bench.rs \
     && cargo build --release --locked --bin jobhook && rm -rf src
 COPY migrations migrations
+# The dashboard's templates are compiled in (askama); its CSS and JS live under src/.
+COPY templates templates
 COPY src src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin jobhook
 

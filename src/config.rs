@@ -23,6 +23,7 @@ pub struct Config {
     pub pictory: PictoryConfig,
     pub webhook: WebhookConfig,
     pub api: ApiConfig,
+    pub dashboard: DashboardConfig,
     pub reconcile: ReconcileConfig,
     pub notify: NotifyConfig,
     pub retention: RetentionConfig,
@@ -132,6 +133,25 @@ pub struct WebhookConfig {
 pub struct ApiConfig {
     #[serde(with = "lenient::secret_list")]
     pub tokens: Vec<SecretString>,
+}
+
+/// The web dashboard at `/` on the private listener (SPEC §11).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    pub enabled: bool,
+    /// How long a sign-in lasts before the token is asked for again.
+    #[serde(with = "lenient::duration")]
+    pub session_ttl: Duration,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            enabled: true,
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -372,6 +392,14 @@ impl Config {
             .any(|t| t.expose_secret().trim().is_empty())
         {
             return Err(invalid("api.tokens", "tokens must not be empty"));
+        }
+        if self.dashboard.session_ttl < Duration::from_secs(60)
+            || self.dashboard.session_ttl > Duration::from_secs(366 * 86400)
+        {
+            return Err(invalid(
+                "dashboard.session_ttl",
+                "must be between 1m and 366d",
+            ));
         }
         check_http_url("server.public_url", &self.server.public_url)?;
         check_http_url("pictory.base_url", &self.pictory.base_url)?;

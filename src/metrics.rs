@@ -1,5 +1,9 @@
 //! Prometheus metrics, kept per service instance (no global recorder, so tests stay apart).
 
+mod recent;
+
+pub use recent::{LastMinute, RecentCalls};
+
 use crate::sync::lock;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -97,6 +101,8 @@ pub struct Metrics {
     pub deliveries: Family<OutcomeLabel, Counter>,
     pub duplicates: Counter,
     pub get_job_calls: Family<ResultLabel, Counter>,
+    /// The same calls over the last minute, per second (the dashboard's operations page).
+    pub get_job_calls_recent: RecentCalls,
     pub jobs: Family<StatusLabel, Gauge>,
     pub overdue_jobs: Gauge,
     pub oldest_overdue_seconds: Gauge,
@@ -264,6 +270,7 @@ impl Metrics {
             deliveries,
             duplicates,
             get_job_calls,
+            get_job_calls_recent: RecentCalls::default(),
             jobs,
             overdue_jobs,
             oldest_overdue_seconds,

@@ -4,6 +4,7 @@ use crate::archive::Archive;
 use crate::changes::Changes;
 use crate::config::{decode_whsec, Config};
 use crate::domain::time::Clock;
+use crate::http::dashboard::session::Sessions;
 use crate::ingest::{Announce, Ingestor};
 use crate::metrics::Metrics;
 use crate::pictory::PictoryClient;
@@ -43,6 +44,8 @@ pub struct Inner {
     pub signing_keys: Vec<Vec<u8>>,
     /// SHA-256 of each API token, so comparing never leaks a token's length or prefix.
     api_token_digests: Vec<[u8; 32]>,
+    /// The dashboard's signed sessions (they also let the browser read `/v1` with GETs).
+    pub sessions: Sessions,
 }
 
 impl std::ops::Deref for AppState {
@@ -65,6 +68,12 @@ impl AppState {
             .secret
             .clone()
             .ok_or_else(|| anyhow::anyhow!("configuration key `webhook.secret` is required"))?;
+        let api_token_digests: Vec<[u8; 32]> = config.api.tokens.iter().map(digest).collect();
+        let sessions = Sessions::new(
+            &secret,
+            &api_token_digests,
+            i64::try_from(config.dashboard.session_ttl.as_millis()).unwrap_or(i64::MAX),
+        );
         let webhook_keys = WebhookKeys::new(secret, &config.webhook.previous_secrets);
         let signing_keys = config
             .webhook
@@ -73,7 +82,6 @@ impl AppState {
             .map(|s| decode_whsec(s.expose_secret()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|why| anyhow::anyhow!("configuration key `webhook.signing_secrets`: {why}"))?;
-        let api_token_digests = config.api.tokens.iter().map(digest).collect();
         let metrics = Arc::new(Metrics::new());
         let archive = config
             .archive
@@ -122,6 +130,7 @@ impl AppState {
             webhook_keys,
             signing_keys,
             api_token_digests,
+            sessions,
         })))
     }
 

@@ -26,6 +26,8 @@ const SECRET: &str = "bench-webhook-secret-0123456789abcdef";
 
 #[path = "bench/archive.rs"]
 mod archive;
+#[path = "bench/dashboard.rs"]
+mod dashboard;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -36,19 +38,23 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "jobhook-bench [--quick] [--concurrency N] [--idle-connections-only] [--drain] [--log-bytes] [--usage] [--archive]\n\n\
+            "jobhook-bench [--quick] [--concurrency N] [--idle-connections-only] [--drain] [--log-bytes] [--usage] [--archive] [--dashboard]\n\n\
              --quick                   2 s load runs and 100,000 stored jobs instead of 5 s and 1,000,000\n\
              --concurrency N           connections driving each load run (default 64)\n\
              --idle-connections-only   only the figures with {IDLE_CONNECTIONS} idle connections held\n\
              --drain                   only the reconciler's drain of 10,000 overdue jobs at rates 5, 20, 200\n\
              --log-bytes               only the write-ahead log bytes written per webhook\n\
              --usage                   only GET /v1/usage over a year of 1,000,000 final jobs (100,000 with --quick)\n\
-             --archive                 only archiving a 500 MiB file (100 MiB with --quick) against curl, and peak memory"
+             --archive                 only archiving a 500 MiB file (100 MiB with --quick) against curl, and peak memory\n\
+             --dashboard               only the dashboard's jobs page over 1,000,000 jobs (100,000 with --quick)"
         );
         return Ok(());
     }
     if args.iter().any(|a| a == "--log-bytes") {
         return print_log_bytes().await;
+    }
+    if args.iter().any(|a| a == "--dashboard") {
+        return dashboard::print(if quick { 100_000 } else { 1_000_000 }).await;
     }
     if args.iter().any(|a| a == "--archive") {
         return archive::print_archive(quick).await;

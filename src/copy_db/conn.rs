@@ -23,6 +23,7 @@ pub enum After {
     Start,
     Id(i64),
     Key(String),
+    TextInt(String, i64),
 }
 
 impl After {
@@ -31,6 +32,10 @@ impl After {
         match (table.order, row.first()) {
             (Order::Id | Order::IntKey(_), Some(Cell::Int(Some(id)))) => After::Id(*id),
             (Order::Key(_), Some(Cell::Text(Some(key)))) => After::Key(key.clone()),
+            (Order::TextInt(..), Some(Cell::Text(Some(text)))) => match row.get(1) {
+                Some(Cell::Int(Some(n))) => After::TextInt(text.clone(), *n),
+                _ => After::Start,
+            },
             _ => After::Start,
         }
     }
@@ -169,6 +174,13 @@ impl Conn {
             (Order::Key(key), _) => {
                 format!("SELECT {columns} FROM {name} ORDER BY {key} LIMIT $1")
             }
+            (Order::TextInt(text, int), After::TextInt(..)) => format!(
+                "SELECT {columns} FROM {name} WHERE ({text}, {int}) > ($1, $2) \
+                 ORDER BY {text}, {int} LIMIT $3"
+            ),
+            (Order::TextInt(text, int), _) => {
+                format!("SELECT {columns} FROM {name} ORDER BY {text}, {int} LIMIT $1")
+            }
         };
         macro_rules! fetch {
             ($db:expr, $bool_as_int:expr) => {{
@@ -179,6 +191,10 @@ impl Conn {
                     (Order::Id | Order::IntKey(_), _) => query.bind(i64::MIN).bind(limit),
                     (Order::Key(_), After::Key(key)) => query.bind(key.clone()).bind(limit),
                     (Order::Key(_), _) => query.bind(limit),
+                    (Order::TextInt(..), After::TextInt(text, n)) => {
+                        query.bind(text.clone()).bind(*n).bind(limit)
+                    }
+                    (Order::TextInt(..), _) => query.bind(limit),
                 };
                 let rows = query.fetch_all($db).await?;
                 let mut decoded = Vec::with_capacity(rows.len());

@@ -23,6 +23,9 @@ pub enum Order {
     IntKey(&'static str),
     /// Small tables with a composite key: read whole.
     All(&'static str),
+    /// A composite primary key of a text and an integer column, in that order (the first two
+    /// columns of the table): paged through by both.
+    TextInt(&'static str, &'static str),
 }
 
 pub struct Table {
@@ -178,6 +181,12 @@ pub const TABLES: &[Table] = &[
             ("video_ms", Int),
         ],
         order: Order::All("day, model, status"),
+        identity: false,
+    },
+    Table {
+        name: "job_metadata_values",
+        columns: &[("value", Text), ("job_pk", Int)],
+        order: Order::TextInt("value", "job_pk"),
         identity: false,
     },
     Table {

@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod job;
+pub mod search;
 pub mod status;
 pub mod time;
 pub mod usage;

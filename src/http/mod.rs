@@ -1,6 +1,7 @@
 //! The two HTTP listeners and the middleware they share.
 
 pub mod api;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod public;
@@ -38,9 +39,10 @@ pub fn public_app(state: AppState) -> Router {
     observe(router, state.clone(), Listener::Public).with_state(state)
 }
 
-/// The private listener's app: the REST API and operations.
+/// The private listener's app: the REST API, operations and the dashboard.
 pub fn api_app(state: AppState) -> Router {
     let router = api::router(&state)
+        .merge(dashboard::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT));

@@ -171,6 +171,7 @@ impl Poller {
                 result: label.clone(),
             })
             .inc();
+        self.metrics.get_job_calls_recent.record(now);
         match &self.shared {
             Some(shared) => {
                 self.observe_shared(shared, &answer, now, &claimed.job_id)

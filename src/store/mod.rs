@@ -1,6 +1,7 @@
 //! Durable storage behind one small trait, so handlers never see which database is underneath.
 
 use crate::domain::archive::{ArchivePolicy, FileStatus};
+use crate::domain::search::JobSearch;
 use crate::domain::{Cause, Job, JobEvent, JobStatus};
 use crate::pictory::{JobError, ReportedState};
 use async_trait::async_trait;
@@ -187,6 +188,8 @@ pub struct JobFilter {
     pub statuses: Vec<JobStatus>,
     pub updated_after: Option<i64>,
     pub updated_before: Option<i64>,
+    /// Only the jobs a search finds (see `domain::search`), in the same order and pages.
+    pub search: Option<JobSearch>,
 }
 
 #[derive(Debug, Clone, Default)]

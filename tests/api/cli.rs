@@ -158,6 +158,8 @@ fn the_example_config_documents_every_key_and_loads() {
         "previous_secrets",
         "signing_secrets",
         "tokens",
+        "enabled",
+        "session_ttl",
         "grace",
         "interval",
         "max_interval",

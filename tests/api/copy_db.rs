@@ -68,7 +68,7 @@ async fn populated_sqlite() -> TestDb {
         .post(format!("{}/v1/videos", app.api_url))
         .bearer_auth(TOKEN)
         .header("idempotency-key", "copy-key")
-        .json(&json!({"prompt": "a lighthouse in a storm"}))
+        .json(&json!({"prompt": "a lighthouse in a storm", "metadata": {"order": "Copy-1"}}))
         .send()
         .await
         .unwrap();

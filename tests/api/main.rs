@@ -14,6 +14,7 @@ mod cluster;
 mod continuations;
 mod copy_db;
 mod crash;
+mod dashboard;
 mod deliveries;
 mod deploy;
 mod faults;

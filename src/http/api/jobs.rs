@@ -1,6 +1,7 @@
 //! `/v1/jobs` and `/v1/webhook-url`.
 
 use crate::domain::job::JobView;
+use crate::domain::search::JobSearch;
 use crate::domain::time::parse_rfc3339;
 use crate::domain::{Job, JobStatus};
 use crate::http::error::{ApiError, ErrorBody};
@@ -66,6 +67,10 @@ pub struct ListJobsQuery {
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<u32>,
     pub cursor: Option<String>,
+    /// Search: a job id or submission id (exact), or a value anywhere in a job's metadata
+    /// (exact, ASCII case ignored; a value shared by more than 1,000 jobs finds the 1,000 most
+    /// recently created). Combines with the other filters and pages the same way.
+    pub q: Option<String>,
 }
 
 /// Checks a Pictory job id given by a client.
@@ -305,6 +310,8 @@ pub async fn list_jobs(
     };
     filter.updated_after = parse_time("updated_after", query.updated_after.as_deref())?;
     filter.updated_before = parse_time("updated_before", query.updated_before.as_deref())?;
+    filter.search = JobSearch::parse(query.q.as_deref().unwrap_or_default())
+        .map_err(|why| ApiError::bad_request("invalid_query", format!("q: {why}")))?;
     let limit = page_limit(query.limit)?;
     let cursor = parse_cursor(query.cursor.as_deref())?;
     let page = state.store.list_jobs(&filter, cursor, limit).await?;

@@ -14,7 +14,7 @@ pub mod videos;
 use crate::http::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -67,6 +67,12 @@ pub fn router(state: &AppState) -> Router<AppState> {
 }
 
 /// `Authorization: Bearer <token>` on every `/v1` route when `api.tokens` is set.
+///
+/// A GET or HEAD may instead carry the dashboard's signed-in session cookie: what a browser
+/// fetches by itself for a dashboard page (the `<video>`'s source, images, the live event
+/// stream, which `EventSource` opens without any way to add a header) cannot carry a bearer
+/// token. Reads only: a cookie never authorises a change through `/v1`, so the cookie needs no
+/// CSRF token here (the dashboard's own actions check theirs).
 async fn require_token(
     State(state): State<AppState>,
     request: Request,
@@ -82,9 +88,19 @@ async fn require_token(
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim);
-        match presented {
-            Some(token) if state.api_token_matches(token) => {}
-            _ => return Err(ApiError::Unauthorized),
+        let authorised = match presented {
+            Some(token) => state.api_token_matches(token),
+            None => {
+                let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+                reads
+                    && state
+                        .sessions
+                        .read(request.headers(), state.now_ms())
+                        .is_some_and(|visitor| visitor.signed_in)
+            }
+        };
+        if !authorised {
+            return Err(ApiError::Unauthorized);
         }
     }
     Ok(next.run(request).await)

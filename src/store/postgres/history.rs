@@ -8,6 +8,7 @@ use super::outbox::enqueue_notifications;
 use super::rows::{job_from_row, JOB_COLUMNS};
 use super::usage::record_usage;
 use super::write::Tx;
+use crate::domain::search::metadata_values;
 use crate::domain::usage::counts_for_usage;
 use crate::domain::{plan_report, Cause, Job, JobStatus, ReportPlan};
 use crate::pictory::ReportedState;
@@ -22,6 +23,28 @@ pub(super) async fn job_by_pk(tx: &mut Tx, pk: i64) -> Result<Job, StoreError> {
         .fetch_one(tx.db())
         .await?;
     job_from_row(&row)
+}
+
+/// Indexes a new job's metadata values for search (see `domain::search`), in the transaction
+/// that records the job.
+pub(super) async fn index_metadata(
+    tx: &mut Tx,
+    job_pk: i64,
+    metadata: Option<&Value>,
+) -> Result<(), StoreError> {
+    let values = metadata_values(metadata);
+    if values.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO job_metadata_values (value, job_pk) SELECT v, $2 FROM unnest($1::text[]) AS v \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(values)
+    .bind(job_pk)
+    .execute(tx.db())
+    .await?;
+    Ok(())
 }
 
 async fn job_where(tx: &mut Tx, column: &str, value: &str) -> Result<Option<Job>, StoreError> {
@@ -108,7 +131,10 @@ pub(super) async fn upsert_job(
     .fetch_optional(tx.db())
     .await?;
     match inserted {
-        Some(pk) => Ok((job_by_pk(tx, pk).await?, true)),
+        Some(pk) => {
+            index_metadata(tx, pk, metadata).await?;
+            Ok((job_by_pk(tx, pk).await?, true))
+        }
         None => {
             let job = job_where(tx, "job_id", job_id)
                 .await?

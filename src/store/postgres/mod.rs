@@ -18,6 +18,7 @@ use super::{
     UsageQuery, UsageRow,
 };
 use crate::domain::archive::ArchivePolicy;
+use crate::domain::search::MAX_VALUE_MATCHES;
 use crate::domain::{Cause, Job, JobEvent, JobStatus};
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -488,6 +489,7 @@ impl Store for PgStore {
         .bind(submission.parent_pk)
         .fetch_one(tx.db())
         .await?;
+        history::index_metadata(&mut tx, pk, submission.metadata.as_ref()).await?;
         let mut detail = json!({"cause": "api"});
         if let Some(parent_pk) = submission.parent_pk {
             let parent = job_by_pk(&mut tx, parent_pk).await?;
@@ -1104,10 +1106,10 @@ impl Store for PgStore {
         let fetch = i64::from(limit) + 1;
 
         // Rows unchanged since the snapshot: their place is their newest change.
-        let mut unchanged = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {JOB_COLUMNS}, seq AS position FROM jobs WHERE seq < "
-        ));
-        unchanged.push_bind(before);
+        let mut unchanged =
+            QueryBuilder::<Postgres>::new(format!("SELECT {JOB_COLUMNS}, seq AS position FROM "));
+        push_job_source(&mut unchanged, filter);
+        unchanged.push(" WHERE seq < ").push_bind(before);
         push_job_filter(&mut unchanged, filter);
         unchanged.push(" ORDER BY seq DESC LIMIT ").push_bind(fetch);
         let mut rows = unchanged.build().fetch_all(&mut *tx).await?;
@@ -1119,8 +1121,9 @@ impl Store for PgStore {
                  WHERE e.job_pk = jobs.id AND e.id <= "
             ));
             moved.push_bind(snapshot);
-            moved.push(") AS position FROM jobs WHERE seq > ");
-            moved.push_bind(snapshot);
+            moved.push(") AS position FROM ");
+            push_job_source(&mut moved, filter);
+            moved.push(" WHERE seq > ").push_bind(snapshot);
             push_job_filter(&mut moved, filter);
             moved.push(") AS moved WHERE position IS NOT NULL AND position < ");
             moved.push_bind(before);
@@ -1315,6 +1318,26 @@ fn id_page<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) -> Page<T> 
         _ => None,
     };
     Page { items, next }
+}
+
+/// The rows a job list reads: every job, or for a search only the jobs it finds (by id, by
+/// submission id, or the newest [`MAX_VALUE_MATCHES`] with the metadata value), looked up
+/// through their indexes.
+fn push_job_source(query: &mut QueryBuilder<'_, Postgres>, filter: &JobFilter) {
+    let Some(search) = &filter.search else {
+        query.push("jobs");
+        return;
+    };
+    query
+        .push("(SELECT id AS pk FROM jobs WHERE job_id = ")
+        .push_bind(search.id.clone())
+        .push(" UNION SELECT id FROM jobs WHERE submission_id = ")
+        .push_bind(search.id.clone())
+        .push(" UNION SELECT job_pk FROM (SELECT job_pk FROM job_metadata_values WHERE value = ")
+        .push_bind(search.value.clone())
+        .push(" ORDER BY job_pk DESC LIMIT ")
+        .push_bind(i64::from(MAX_VALUE_MATCHES))
+        .push(") AS by_value) AS hit JOIN jobs ON jobs.id = hit.pk");
 }
 
 fn push_job_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &JobFilter) {

@@ -8,6 +8,7 @@ use super::rows::{job_from_written, JOB_COLUMNS};
 use super::usage::record_usage;
 use super::writer::{execute, query_one, query_optional};
 use super::{corrupt, Tx};
+use crate::domain::search::metadata_values;
 use crate::domain::usage::counts_for_usage;
 use crate::domain::{plan_report, Cause, Job, JobStatus, ReportPlan};
 use crate::pictory::ReportedState;
@@ -23,6 +24,23 @@ pub(super) fn job_by_pk(tx: &Tx, pk: i64) -> Result<Job, StoreError> {
         [pk],
         job_from_written,
     )
+}
+
+/// Indexes a new job's metadata values for search (see `domain::search`), in the transaction
+/// that records the job.
+pub(super) fn index_metadata(
+    tx: &Tx,
+    job_pk: i64,
+    metadata: Option<&Value>,
+) -> Result<(), StoreError> {
+    for value in metadata_values(metadata) {
+        execute(
+            tx,
+            "INSERT OR IGNORE INTO job_metadata_values (value, job_pk) VALUES (?1, ?2)",
+            params![value, job_pk],
+        )?;
+    }
+    Ok(())
 }
 
 /// Appends a history entry and makes it the job's newest change (`seq`, `updated_at`).
@@ -102,7 +120,9 @@ pub(super) fn upsert_job(
             first_poll_at
         ],
     )?;
-    Ok((job_by_pk(tx, tx.last_insert_rowid())?, true))
+    let pk = tx.last_insert_rowid();
+    index_metadata(tx, pk, metadata)?;
+    Ok((job_by_pk(tx, pk)?, true))
 }
 
 /// Starts tracking a job (registration): [`upsert_job`] plus its `registered` entry.

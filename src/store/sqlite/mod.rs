@@ -10,6 +10,7 @@ use super::{
     ReplayInput, Replayed, Store, StoreError, StoreOptions, SubmitOutcome, UsageQuery, UsageRow,
 };
 use crate::domain::archive::ArchivePolicy;
+use crate::domain::search::MAX_VALUE_MATCHES;
 use crate::domain::{Cause, Job, JobEvent, JobStatus};
 use async_trait::async_trait;
 use rusqlite::params;
@@ -31,7 +32,8 @@ mod webhooks;
 mod writer;
 
 use history::{
-    append_event, ensure_job, finish_one, job_by_pk, record_webhook, resolve_job, WebhookOnJob,
+    append_event, ensure_job, finish_one, index_metadata, job_by_pk, record_webhook, resolve_job,
+    WebhookOnJob,
 };
 use polls::record_poll;
 use rows::{
@@ -349,10 +351,10 @@ impl Store for SqliteStore {
         let fetch = i64::from(limit) + 1;
 
         // Rows unchanged since the snapshot: their place is their newest change.
-        let mut unchanged = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {JOB_COLUMNS}, seq AS position FROM jobs WHERE seq < "
-        ));
-        unchanged.push_bind(before);
+        let mut unchanged =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS}, seq AS position FROM "));
+        push_job_source(&mut unchanged, filter);
+        unchanged.push(" WHERE seq < ").push_bind(before);
         push_job_filter(&mut unchanged, filter);
         unchanged.push(" ORDER BY seq DESC LIMIT ").push_bind(fetch);
         let mut rows = unchanged.build().fetch_all(&mut *tx).await?;
@@ -365,8 +367,9 @@ impl Store for SqliteStore {
                  WHERE e.job_pk = jobs.id AND e.id <= "
             ));
             moved.push_bind(snapshot);
-            moved.push(") AS position FROM jobs WHERE seq > ");
-            moved.push_bind(snapshot);
+            moved.push(") AS position FROM ");
+            push_job_source(&mut moved, filter);
+            moved.push(" WHERE seq > ").push_bind(snapshot);
             push_job_filter(&mut moved, filter);
             moved.push(") WHERE position IS NOT NULL AND position < ");
             moved.push_bind(before);
@@ -603,6 +606,7 @@ impl Store for SqliteStore {
                     ],
                     |row| Ok(row.get(0)?),
                 )?;
+                index_metadata(tx, pk, submission.metadata.as_ref())?;
                 let mut detail = json!({"cause": "api"});
                 if let Some(parent_pk) = submission.parent_pk {
                     let parent = job_by_pk(tx, parent_pk)?;
@@ -1102,6 +1106,27 @@ fn id_page<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) -> Page<T> 
         _ => None,
     };
     Page { items, next }
+}
+
+/// The rows a job list reads: every job, or for a search only the jobs it finds (by id, by
+/// submission id, or the newest [`MAX_VALUE_MATCHES`] with the metadata value), looked up
+/// through their indexes. `CROSS JOIN` makes SQLite start from the few jobs found rather than
+/// walk every job in list order testing each one (its planner has no statistics to know).
+fn push_job_source(query: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {
+    let Some(search) = &filter.search else {
+        query.push("jobs");
+        return;
+    };
+    query
+        .push("(SELECT id AS pk FROM jobs WHERE job_id = ")
+        .push_bind(search.id.clone())
+        .push(" UNION SELECT id FROM jobs WHERE submission_id = ")
+        .push_bind(search.id.clone())
+        .push(" UNION SELECT job_pk FROM (SELECT job_pk FROM job_metadata_values WHERE value = ")
+        .push_bind(search.value.clone())
+        .push(" ORDER BY job_pk DESC LIMIT ")
+        .push_bind(i64::from(MAX_VALUE_MATCHES))
+        .push(") AS by_value) AS hit CROSS JOIN jobs ON jobs.id = hit.pk");
 }
 
 fn push_job_filter(query: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {
