@@ -22,6 +22,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
+#[path = "bench/postgres.rs"]
+mod postgres;
+
 const SECRET: &str = "bench-webhook-secret-0123456789abcdef";
 
 #[path = "bench/archive.rs"]
@@ -38,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "jobhook-bench [--quick] [--concurrency N] [--idle-connections-only] [--drain] [--log-bytes] [--usage] [--archive] [--dashboard]\n\n\
+            "jobhook-bench [--quick] [--concurrency N] [--idle-connections-only] [--drain] [--log-bytes] [--usage] [--archive] [--dashboard]\n\
+             jobhook-bench --database postgres://USER@HOST:PORT [--quick] [--concurrency N]\n\n\
              --quick                   2 s load runs and 100,000 stored jobs instead of 5 s and 1,000,000\n\
              --concurrency N           connections driving each load run (default 64)\n\
              --idle-connections-only   only the figures with {IDLE_CONNECTIONS} idle connections held\n\
@@ -46,7 +50,11 @@ async fn main() -> anyhow::Result<()> {
              --log-bytes               only the write-ahead log bytes written per webhook\n\
              --usage                   only GET /v1/usage over a year of 1,000,000 final jobs (100,000 with --quick)\n\
              --archive                 only archiving a 500 MiB file (100 MiB with --quick) against curl, and peak memory\n\
-             --dashboard               only the dashboard's jobs page over 1,000,000 jobs (100,000 with --quick)"
+             --dashboard               only the dashboard's jobs page over 1,000,000 jobs (100,000 with --quick)\n\
+             --database URL            the PostgreSQL figures instead, on the server URL names (a user that may\n\
+             \x20                         create databases; the bench creates jobhook_bench_<pid>_* and drops them):\n\
+             \x20                         ingest vs raw batched inserts, three replicas vs one, Get Job calls per\n\
+             \x20                         second with three replicas at reconcile.rate = 20"
         );
         return Ok(());
     }
@@ -79,6 +87,12 @@ async fn main() -> anyhow::Result<()> {
         big: if quick { 100_000 } else { 1_000_000 },
         idle_only,
     };
+    if let Some(i) = args.iter().position(|a| a == "--database") {
+        let server = args
+            .get(i + 1)
+            .context("--database takes a URL: postgres://USER@HOST:PORT")?;
+        return postgres::print(server, &settings).await;
+    }
     // The idle-connection figures hold thousands of sockets in this process and in the child.
     jobhook::http::serve::fd::raise_open_file_limit();
     run(settings).await
@@ -351,9 +365,14 @@ impl Server {
 }
 
 fn jobhook_env(db: &Path, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    jobhook_env_url(format!("sqlite://{}", db.display()), extra)
+}
+
+/// [`jobhook_env`] for a database named by its URL.
+fn jobhook_env_url(url: String, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
     let mut env = vec![
         ("JOBHOOK_WEBHOOK_SECRET", SECRET.to_owned()),
-        ("JOBHOOK_DATABASE_URL", format!("sqlite://{}", db.display())),
+        ("JOBHOOK_DATABASE_URL", url),
         ("JOBHOOK_SERVER_LISTEN", "127.0.0.1:0".to_owned()),
         ("JOBHOOK_SERVER_API_LISTEN", "127.0.0.1:0".to_owned()),
     ];
@@ -654,13 +673,7 @@ async fn print_usage(count: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let result = usage_figures(&dir, count).await;
     let _ = std::fs::remove_dir_all(&dir);
-    println!("\n| measure | jobhook | baseline | ratio | target |\n|---|---|---|---|---|");
-    for row in result? {
-        println!(
-            "| {} | {} | {} | {} | {} |",
-            row.what, row.value, row.baseline, row.ratio, row.target
-        );
-    }
+    print_rows(result?);
     Ok(())
 }
 
@@ -923,7 +936,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         measure(&settings, &dir).await
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let rows = result?;
+    print_rows(result?);
+    Ok(())
+}
+
+/// The figures as a markdown table.
+fn print_rows(rows: Vec<Row>) {
     println!("\n| measure | jobhook | baseline | ratio | target |\n|---|---|---|---|---|");
     for row in rows {
         println!(
@@ -931,7 +949,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             row.what, row.value, row.baseline, row.ratio, row.target
         );
     }
-    Ok(())
 }
 
 async fn measure(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<Row>> {
