@@ -213,9 +213,10 @@ fn migrate_creates_the_database_and_is_idempotent() {
 
 #[test]
 fn healthcheck_fails_when_nothing_listens() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    // Bound, never listening: refused, and the port cannot be taken by another test meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
     let output = jobhook()
         .args(["healthcheck", "--url", &format!("http://{addr}/healthz")])
         .env("JOBHOOK_WEBHOOK_SECRET", SECRET)

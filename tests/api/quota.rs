@@ -114,9 +114,10 @@ async fn a_pictory_error_is_a_clear_502_or_503_and_is_not_cached() {
 
 #[tokio::test]
 async fn an_unreachable_pictory_is_503_and_receive_only_and_strangers_are_refused() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Bound, never listening: refused, and the port cannot be taken by another test meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let dead = format!("http://{}/pictoryapis", closed.local_addr().unwrap());
-    drop(closed);
     let app = spawn_app_with(move |config| {
         config.pictory.api_key = Some(secrecy::SecretString::from("pictai_x"));
         config.pictory.base_url = dead;

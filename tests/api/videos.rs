@@ -376,9 +376,11 @@ async fn calls_that_created_nothing_are_retried_then_given_up_with_the_key_relea
 
 #[tokio::test]
 async fn connection_refused_is_retried_and_reported_as_unavailable() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A socket bound but never listening: connections to its port are refused, and no other
+    // test can take the port meanwhile (a dropped listener's port could be reused at once).
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let dead = format!("http://{}/pictoryapis", closed.local_addr().unwrap());
-    drop(closed);
     let app = spawn_app_with(move |config| {
         config.pictory.api_key = Some(secrecy::SecretString::from("pictai_x"));
         config.pictory.base_url = dead;
