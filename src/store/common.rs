@@ -3,6 +3,7 @@
 //! stores cannot drift apart on what they write.
 
 use super::{ArchiveResult, ArchiveTask, StoreError};
+use crate::domain::archive::FileStatus;
 use crate::domain::{JobStatus, ReportPlan};
 use serde_json::{json, Value};
 
@@ -41,6 +42,57 @@ pub(crate) fn announced_events(to: JobStatus, completion_held: bool) -> Vec<&'st
         .chain(specific_event(to))
         .filter(|event| !(completion_held && *event == "job.completed"))
         .collect()
+}
+
+/// The columns an archive attempt's result writes to its file's row.
+pub(crate) struct ArchiveColumns<'a> {
+    pub(crate) status: FileStatus,
+    /// The next attempt, while the file stays pending.
+    pub(crate) due_at: Option<i64>,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) key: Option<&'a str>,
+    pub(crate) size: Option<i64>,
+    pub(crate) sha256: Option<&'a str>,
+    pub(crate) content_type: Option<&'a str>,
+}
+
+impl<'a> ArchiveColumns<'a> {
+    pub(crate) fn of(result: &'a ArchiveResult) -> Self {
+        let empty = ArchiveColumns {
+            status: FileStatus::Pending,
+            due_at: None,
+            error: None,
+            key: None,
+            size: None,
+            sha256: None,
+            content_type: None,
+        };
+        match result {
+            ArchiveResult::Done {
+                key,
+                size,
+                sha256,
+                content_type,
+            } => ArchiveColumns {
+                status: FileStatus::Done,
+                key: Some(key),
+                size: Some(*size),
+                sha256: Some(sha256),
+                content_type: Some(content_type),
+                ..empty
+            },
+            ArchiveResult::RetryAt { at, error } => ArchiveColumns {
+                due_at: Some(*at),
+                error: Some(error),
+                ..empty
+            },
+            ArchiveResult::GaveUp { status, error } => ArchiveColumns {
+                status: *status,
+                error: Some(error),
+                ..empty
+            },
+        }
+    }
 }
 
 /// The history entry of one archive attempt (kind `archived`).

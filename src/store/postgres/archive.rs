@@ -6,9 +6,9 @@ use super::history::{append_event, job_by_pk};
 use super::leases;
 use super::outbox::enqueue_held_completion;
 use super::write::Tx;
-use crate::domain::archive::{files_to_copy, Archive, ArchivePolicy, FileStatus};
+use crate::domain::archive::{files_to_copy, Archive, ArchivePolicy};
 use crate::domain::{Job, JobStatus};
-use crate::store::common::archive_entry;
+use crate::store::common::{archive_entry, ArchiveColumns};
 use crate::store::{ArchiveResult, ArchiveTask, StoreError};
 use sqlx::{PgPool, Row};
 
@@ -197,33 +197,20 @@ pub(super) async fn record(
     notify: bool,
     now: i64,
 ) -> Result<Option<Job>, StoreError> {
-    let (status, due_at, error) = match result {
-        ArchiveResult::Done { .. } => (FileStatus::Done, None, None),
-        ArchiveResult::RetryAt { at, error } => (FileStatus::Pending, Some(*at), Some(error)),
-        ArchiveResult::GaveUp { status, error } => (*status, None, Some(error)),
-    };
-    let (key, size, sha256, content_type) = match result {
-        ArchiveResult::Done {
-            key,
-            size,
-            sha256,
-            content_type,
-        } => (Some(key), Some(*size), Some(sha256), Some(content_type)),
-        _ => (None, None, None, None),
-    };
+    let c = ArchiveColumns::of(result);
     let recorded = sqlx::query(
         "UPDATE archive_files SET status = $1, due_at = $2, claim = NULL, lease_owner = NULL, \
          error = $3, object_key = $4, size = $5, sha256 = $6, content_type = $7, \
          updated_at = $8 WHERE job_pk = $9 AND name = $10 AND claim = $11 \
          AND status = 'pending'",
     )
-    .bind(status.as_str())
-    .bind(due_at)
-    .bind(error)
-    .bind(key)
-    .bind(size)
-    .bind(sha256)
-    .bind(content_type)
+    .bind(c.status.as_str())
+    .bind(c.due_at)
+    .bind(c.error)
+    .bind(c.key)
+    .bind(c.size)
+    .bind(c.sha256)
+    .bind(c.content_type)
     .bind(now)
     .bind(task.job_pk)
     .bind(&task.name)

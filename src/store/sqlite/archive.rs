@@ -4,9 +4,9 @@ use super::history::{append_event, job_by_pk};
 use super::outbox::enqueue_held_completion;
 use super::writer::{execute, query_all, query_optional};
 use super::{corrupt, Tx};
-use crate::domain::archive::{files_to_copy, Archive, ArchivePolicy, FileStatus};
+use crate::domain::archive::{files_to_copy, Archive, ArchivePolicy};
 use crate::domain::{Job, JobStatus};
-use crate::store::common::archive_entry;
+use crate::store::common::{archive_entry, ArchiveColumns};
 use crate::store::{ArchiveResult, ArchiveTask, StoreError};
 use rusqlite::params;
 
@@ -185,33 +185,20 @@ pub(super) fn record(
     notify: bool,
     now: i64,
 ) -> Result<Option<Job>, StoreError> {
-    let (status, due_at, error) = match result {
-        ArchiveResult::Done { .. } => (FileStatus::Done, None, None),
-        ArchiveResult::RetryAt { at, error } => (FileStatus::Pending, Some(*at), Some(error)),
-        ArchiveResult::GaveUp { status, error } => (*status, None, Some(error)),
-    };
-    let (key, size, sha256, content_type) = match result {
-        ArchiveResult::Done {
-            key,
-            size,
-            sha256,
-            content_type,
-        } => (Some(key), Some(*size), Some(sha256), Some(content_type)),
-        _ => (None, None, None, None),
-    };
+    let c = ArchiveColumns::of(result);
     let recorded = execute(
         tx,
         "UPDATE archive_files SET status = ?1, due_at = ?2, claim = NULL, error = ?3, \
          object_key = ?4, size = ?5, sha256 = ?6, content_type = ?7, updated_at = ?8 \
          WHERE job_pk = ?9 AND name = ?10 AND claim = ?11 AND status = 'pending'",
         params![
-            status.as_str(),
-            due_at,
-            error,
-            key,
-            size,
-            sha256,
-            content_type,
+            c.status.as_str(),
+            c.due_at,
+            c.error,
+            c.key,
+            c.size,
+            c.sha256,
+            c.content_type,
             now,
             task.job_pk,
             task.name,
