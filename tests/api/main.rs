@@ -18,6 +18,7 @@ mod dashboard;
 mod deliveries;
 mod deploy;
 mod faults;
+mod ingest_paths;
 mod jobs;
 mod listener;
 mod listing;

@@ -29,14 +29,18 @@ pub(super) async fn plan(tx: &mut Tx, job: &Job) -> Result<Option<Planned>, Stor
     if job.status != JobStatus::Completed {
         return Ok(None);
     }
-    let Some(policy) = policy(tx).await? else {
-        return Ok(None);
-    };
+    Ok(planned(job, policy(tx).await?.as_ref()))
+}
+
+/// The files of `job`, which is moving to `completed`, that `policy` (None: archiving is off)
+/// has copied. Pure: a batch reads the policy once for all its jobs.
+pub(super) fn planned(job: &Job, policy: Option<&ArchivePolicy>) -> Option<Planned> {
+    let policy = policy.filter(|_| job.status == JobStatus::Completed)?;
     let files = files_to_copy(job.output.as_ref(), &policy.files);
-    Ok((!files.is_empty()).then_some(Planned {
+    (!files.is_empty()).then_some(Planned {
         files,
         hold_completed: policy.hold_completed,
-    }))
+    })
 }
 
 /// Writes the archive task planned by [`plan`], in the transaction of the completion.
@@ -84,7 +88,7 @@ async fn insert_files(
     Ok(())
 }
 
-async fn policy(tx: &mut Tx) -> Result<Option<ArchivePolicy>, StoreError> {
+pub(super) async fn policy(tx: &mut Tx) -> Result<Option<ArchivePolicy>, StoreError> {
     let row: Option<(String, bool)> =
         sqlx::query_as("SELECT files, hold_completed FROM archive_policy WHERE id = 1")
             .fetch_optional(tx.db())

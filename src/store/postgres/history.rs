@@ -8,6 +8,7 @@ use super::outbox::enqueue_notifications;
 use super::rows::{job_from_row, JOB_COLUMNS};
 use super::usage::record_usage;
 use super::write::Tx;
+use crate::domain::archive::ArchivePolicy;
 use crate::domain::search::metadata_values;
 use crate::domain::usage::counts_for_usage;
 use crate::domain::{plan_report, Cause, Job, JobStatus, ReportPlan};
@@ -77,7 +78,7 @@ pub(super) async fn append_event(
 
 /// A history entry: its kind, its detail, and for a status change the job as it is right
 /// after it.
-type Entry<'a> = (&'a str, Value, Option<String>);
+pub(super) type Entry<'a> = (&'a str, Value, Option<String>);
 
 /// Appends history entries in one statement, in order, without touching the job (the caller
 /// sets its `seq` and `updated_at`). Returns the id of the last one.
@@ -367,14 +368,67 @@ pub(super) struct WebhookOnJob<'a> {
     pub(super) notify: bool,
 }
 
-/// Records a webhook on its job and applies its report when there is one: the new state is
-/// worked out in memory and written with one INSERT of its history entries and one UPDATE of
-/// the job.
-pub(super) async fn record_webhook(
-    tx: &mut Tx,
-    webhook: WebhookOnJob<'_>,
-    now: i64,
-) -> Result<Job, StoreError> {
+/// What recording a webhook on its job writes, worked out in memory by [`plan_webhook`]: the
+/// job as it will be, its new history entries, and the marks the job's UPDATE needs. Written
+/// one webhook at a time by [`record_webhook`], or a batch at once (see `batch.rs`).
+pub(super) struct WebhookWrite {
+    /// The job as it is after the webhook (its `seq` is set once the entries have ids).
+    pub(super) job: Job,
+    /// `registered` (for a job this delivery created) and `webhook_received`; the status
+    /// change, when there is one, comes last (see [`WebhookWrite::entries`]).
+    pub(super) leading: Vec<(&'static str, Value)>,
+    /// The detail of the status change, when the report moved the job.
+    pub(super) status_change: Option<Value>,
+    /// Verify mode: ask Get Job now (kept off a job a poll has leased, which asks anyway).
+    pub(super) look_now: bool,
+    /// The delivery that now holds the job's `/raw`, when this one replaced it.
+    pub(super) raw_delivery: Option<i64>,
+    /// The files a completion has copied, once [`WebhookWrite::plan_archive`] read the policy.
+    pub(super) archive: Option<archive::Planned>,
+}
+
+impl WebhookWrite {
+    /// Whether the webhook completes its job (its archive then depends on the policy).
+    pub(super) fn completes(&self) -> bool {
+        self.status_change.is_some() && self.job.status == JobStatus::Completed
+    }
+
+    /// Plans the archive of a completion under `policy` (None: archiving is off).
+    pub(super) fn plan_archive(&mut self, policy: Option<&ArchivePolicy>) {
+        if self.completes() {
+            self.archive = archive::planned(&self.job, policy);
+            self.job.archive = self.archive.as_ref().map(archive::Planned::archive);
+        }
+    }
+
+    /// The history entries, in order; a status change keeps the job as it is right after it
+    /// (the event stream serves that snapshot).
+    pub(super) fn entries(&self) -> Result<Vec<Entry<'static>>, StoreError> {
+        let mut entries: Vec<Entry<'static>> = self
+            .leading
+            .iter()
+            .map(|(kind, detail)| (*kind, detail.clone(), None))
+            .collect();
+        if let Some(detail) = &self.status_change {
+            let snapshot = serde_json::to_string(&self.job.view()).map_err(corrupt)?;
+            entries.push(("status_changed", detail.clone(), Some(snapshot)));
+        }
+        Ok(entries)
+    }
+
+    /// Whether the job moved to a status whose usage is counted (`completed`, `failed`).
+    pub(super) fn counts_usage(&self) -> bool {
+        self.status_change.is_some() && counts_for_usage(self.job.status)
+    }
+
+    /// Whether the archive holds the job's `job.completed` notifications.
+    pub(super) fn holds_completion(&self) -> bool {
+        self.archive.as_ref().is_some_and(|a| a.hold_completed)
+    }
+}
+
+/// Works out what a webhook does to its job (see [`WebhookWrite`]), without the database.
+pub(super) fn plan_webhook(webhook: WebhookOnJob<'_>, now: i64) -> WebhookWrite {
     let WebhookOnJob {
         mut job,
         created,
@@ -384,15 +438,11 @@ pub(super) async fn record_webhook(
         report,
         look_now,
         body_delivery_id,
-        notify,
+        notify: _,
     } = webhook;
-    let mut entries: Vec<Entry<'_>> = Vec::with_capacity(3);
+    let mut leading = Vec::with_capacity(2);
     if created {
-        entries.push((
-            "registered",
-            json!({"cause": Cause::Webhook.as_str()}),
-            None,
-        ));
+        leading.push(("registered", json!({"cause": Cause::Webhook.as_str()})));
     }
     // Verify mode: the delivery only says "look now"; the Get Job answer decides.
     let look_now = look_now && !duplicate && !job.status.is_final();
@@ -409,7 +459,7 @@ pub(super) async fn record_webhook(
     } else if look_now {
         detail["outcome"] = json!("verifying with Get Job");
     }
-    entries.push(("webhook_received", detail, None));
+    leading.push(("webhook_received", detail));
 
     job.webhook_received_at = Some(now);
     job.updated_at = now;
@@ -425,60 +475,81 @@ pub(super) async fn record_webhook(
         .as_ref()
         .filter(|plan| matches!(plan, ReportPlan::Move { .. }) || !job.status.is_final())
         .map(|_| body_delivery_id);
-    let mut archive = None;
-    let moved = match plan.as_ref().and_then(|plan| job.apply(plan, now)) {
-        Some(from) => {
-            archive = archive::plan(tx, &job).await?;
-            job.archive = archive.as_ref().map(archive::Planned::archive);
-            let detail = json!({"from": from.as_str(), "to": job.status.as_str(),
-                "cause": Cause::Webhook.as_str()});
-            let snapshot = serde_json::to_string(&job.view()).map_err(corrupt)?;
-            entries.push(("status_changed", detail, Some(snapshot)));
-            true
-        }
-        None => false,
-    };
+    let status_change = plan
+        .as_ref()
+        .and_then(|plan| job.apply(plan, now))
+        .map(|from| {
+            json!({"from": from.as_str(), "to": job.status.as_str(),
+                "cause": Cause::Webhook.as_str()})
+        });
+    WebhookWrite {
+        job,
+        leading,
+        status_change,
+        look_now,
+        raw_delivery,
+        archive: None,
+    }
+}
 
+/// The job UPDATE of a recorded webhook; `$1`..`$12` as [`record_webhook`] binds them. A look
+/// now leaves a leased job's schedule alone (the poll under way asks anyway) but raises its
+/// priority.
+const WEBHOOK_JOB_UPDATE: &str = "UPDATE jobs SET status = $1, output = $2, error = $3, \
+     resolved_by = $4, completed_at = $5, webhook_received_at = $6, \
+     next_poll_at = CASE WHEN $8 AND leased THEN next_poll_at ELSE $7 END, \
+     poll_priority = CASE WHEN $8 THEN 1 ELSE poll_priority END, \
+     raw_response = CASE WHEN $9 IS NULL THEN raw_response END, \
+     raw_delivery = COALESCE($9, raw_delivery), seq = $10, updated_at = $11 WHERE id = $12";
+
+/// Records a webhook on its job and applies its report when there is one: the new state is
+/// worked out in memory ([`plan_webhook`]) and written with one INSERT of its history entries
+/// and one UPDATE of the job.
+pub(super) async fn record_webhook(
+    tx: &mut Tx,
+    webhook: WebhookOnJob<'_>,
+    now: i64,
+) -> Result<Job, StoreError> {
+    let notify = webhook.notify;
+    let mut write = plan_webhook(webhook, now);
+    if write.completes() {
+        let policy = archive::policy(tx).await?;
+        write.plan_archive(policy.as_ref());
+    }
+    let entries = write.entries()?;
+    let mut job = write.job.clone();
     // The status change, when there is one, is the last entry.
     job.seq = append_entries(tx, job.pk, entries, now).await?;
-    sqlx::query(
-        "UPDATE jobs SET status = $1, output = $2, error = $3, resolved_by = $4, \
-         completed_at = $5, webhook_received_at = $6, \
-         next_poll_at = CASE WHEN $8 AND leased THEN next_poll_at ELSE $7 END, \
-         poll_priority = CASE WHEN $8 THEN 1 ELSE poll_priority END, \
-         raw_response = CASE WHEN $9 IS NULL THEN raw_response END, \
-         raw_delivery = COALESCE($9, raw_delivery), seq = $10, updated_at = $11 WHERE id = $12",
-    )
-    .bind(job.status.as_str())
-    .bind(json_text(&job.output)?)
-    .bind(json_text(&job.error)?)
-    .bind(job.resolved_by.as_deref())
-    .bind(job.completed_at)
-    .bind(job.webhook_received_at)
-    .bind(job.next_poll_at)
-    .bind(look_now)
-    .bind(raw_delivery)
-    .bind(job.seq)
-    .bind(now)
-    .bind(job.pk)
-    .execute(tx.db())
-    .await?;
+    sqlx::query(WEBHOOK_JOB_UPDATE)
+        .bind(job.status.as_str())
+        .bind(json_text(&job.output)?)
+        .bind(json_text(&job.error)?)
+        .bind(job.resolved_by.as_deref())
+        .bind(job.completed_at)
+        .bind(job.webhook_received_at)
+        .bind(job.next_poll_at)
+        .bind(write.look_now)
+        .bind(write.raw_delivery)
+        .bind(job.seq)
+        .bind(now)
+        .bind(job.pk)
+        .execute(tx.db())
+        .await?;
     // Only a webhook that makes its job final pays for the usage bookkeeping.
-    if moved && counts_for_usage(job.status) {
+    if write.counts_usage() {
         record_usage(tx, &job).await?;
     }
-    if let Some(planned) = &archive {
+    if let Some(planned) = &write.archive {
         archive::start(tx, job.pk, planned, job.seq, now).await?;
     }
-    if moved && notify {
-        let held = archive.as_ref().is_some_and(|a| a.hold_completed);
-        enqueue_notifications(tx, job.seq, &job, held, now).await?;
+    if write.status_change.is_some() && notify {
+        enqueue_notifications(tx, job.seq, &job, write.holds_completion(), now).await?;
     }
     Ok(job)
 }
 
 /// Archives a delivery; None when it duplicates the accepted copy of the same job and body (the
-/// partial unique index decides, never a look first).
+/// partial unique index is the last word, whatever a caller looked at first).
 pub(super) async fn insert_delivery(
     tx: &mut Tx,
     delivery: &NewDelivery,

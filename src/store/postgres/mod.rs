@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 mod archive;
+mod batch;
 mod history;
 mod leases;
 mod listen;
@@ -209,6 +210,11 @@ impl PgStore {
     ) -> Result<Vec<Ingested>, StoreError> {
         let notify = self.notify.load(Ordering::Relaxed);
         let mut tx = self.begin().await?;
+        if let Some(stored) = batch::ingest(&mut tx, deliveries, notify).await? {
+            self.commit(tx).await?;
+            return Ok(stored);
+        }
+        // Nothing was written: the same transaction stores them one by one.
         let mut stored = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             stored.push(ingest_one(&mut tx, delivery, notify).await?);

@@ -1,5 +1,6 @@
 //! Storing one webhook delivery inside a caller's transaction (a group commit batches many).
 
+use super::batch::{DUPLICATE, NOT_TRACKED};
 use super::corrupt;
 use super::history::{insert_delivery, record_webhook, resolve_job, WebhookOnJob};
 use super::write::Tx;
@@ -34,45 +35,27 @@ pub(super) async fn ingest_one(
     };
     let Some((job, created)) = resolve_job(tx, job_id, submission_id, first_poll_at, now).await?
     else {
-        let reason = "the submission this URL names is not tracked and the body has no job id";
-        return archive_rejected(tx, delivery, &sha, reason).await;
+        return archive_rejected(tx, delivery, &sha, NOT_TRACKED).await;
     };
     let job_pk = job.pk;
-    let accepted = insert_delivery(
-        tx,
-        delivery,
-        &sha,
-        Some(job_pk),
-        DeliveryOutcome::Accepted,
-        None,
-        None,
+    // The history lock is held, so the look cannot be overtaken; the partial unique index stays
+    // the last word all the same. Looking first keeps a duplicate from drawing an id it would
+    // not use (the batched path, `batch.rs`, looks first too, and both write the same ids).
+    let original: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE job_pk = $1 AND body_sha256 = $2 \
+         AND outcome = 'accepted'",
     )
+    .bind(job_pk)
+    .bind(&sha[..])
+    .fetch_optional(tx.db())
     .await?;
-    let (delivery_id, outcome) = match accepted {
-        Some(id) => (id, DeliveryOutcome::Accepted),
-        None => {
-            let original: i64 = sqlx::query_scalar(
-                "SELECT id FROM deliveries WHERE job_pk = $1 AND body_sha256 = $2 \
-                 AND outcome = 'accepted'",
-            )
-            .bind(job_pk)
-            .bind(&sha[..])
-            .fetch_one(tx.db())
-            .await?;
-            let id = insert_delivery(
-                tx,
-                delivery,
-                &sha,
-                Some(job_pk),
-                DeliveryOutcome::Duplicate,
-                Some("same job and body as an earlier delivery"),
-                Some(original),
-            )
-            .await?
-            .ok_or_else(|| corrupt("duplicate delivery was not stored"))?;
-            (id, DeliveryOutcome::Duplicate)
-        }
+    let (outcome, reason) = match original {
+        Some(_) => (DeliveryOutcome::Duplicate, Some(DUPLICATE)),
+        None => (DeliveryOutcome::Accepted, None),
     };
+    let delivery_id = insert_delivery(tx, delivery, &sha, Some(job_pk), outcome, reason, original)
+        .await?
+        .ok_or_else(|| corrupt("an accepted copy of this delivery appeared under the lock"))?;
     let webhook = WebhookOnJob {
         job,
         created,

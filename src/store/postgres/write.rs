@@ -36,10 +36,11 @@ pub(super) struct Tx {
 impl Tx {
     /// Begins a transaction and takes the history lock.
     pub(super) async fn begin(pool: &PgPool) -> Result<Tx, StoreError> {
-        let mut inner = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(HISTORY_LOCK)
-            .execute(&mut *inner)
+        // One round trip: the lock is taken by the statement that opens the transaction.
+        let inner = pool
+            .begin_with(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({HISTORY_LOCK})"
+            ))
             .await?;
         Ok(Tx {
             inner,
