@@ -140,7 +140,11 @@ impl Poller {
         free.max(self.blocked_until(now).unwrap_or(now))
     }
 
-    /// Reserves up to `n` slots between now and `now + ahead` from the shared schedule.
+    /// Reserves up to `n` slots between now and `now + ahead` from the shared schedule, and
+    /// gives back `missed`: slots this replica woke too late for, so made no call at. Given
+    /// back they neither count in the window nor hold the even spread back: a reservation slow
+    /// enough to miss its own slot (a new process's first, on a cold connection) costs another
+    /// reservation, not a whole slot interval (200 ms at the default rate).
     async fn reserve(
         &self,
         shared: &Shared,
@@ -148,6 +152,7 @@ impl Poller {
         now: i64,
         ahead: i64,
         purpose: Purpose,
+        missed: Vec<i64>,
     ) -> Result<Vec<i64>, StoreError> {
         let lead = shared.lead_ms.load(Ordering::Relaxed);
         let (from, until) = (now + lead, now + ahead.max(lead));
@@ -159,6 +164,7 @@ impl Poller {
             if succeeded {
                 limiter.succeeded();
             }
+            limiter.give_back(&missed);
             let slots = match (&mut state.pause, purpose) {
                 // Paused: one probe per interval, made by whichever replica comes first.
                 (Some(pause), Purpose::Poll) => {
@@ -192,6 +198,9 @@ impl Poller {
 
     /// Returns slots no call was made for (a shutdown, a long hold), so they do not count.
     pub(super) async fn give_back_slots(&self, shared: &Shared, slots: Vec<i64>) {
+        if slots.is_empty() {
+            return;
+        }
         let (rate, max_hold) = (self.config.rate, millis(self.config.max_interval));
         let change: PaceChange = Box::new(move |state| {
             let mut limiter = RateLimiter::shared(rate, max_hold, WINDOW_MARGIN_MS, state);
@@ -323,13 +332,22 @@ impl Poller {
         shared: &Shared,
         give_up_at: i64,
     ) -> Result<(), RefreshError> {
+        let mut missed = Vec::new();
         loop {
             let now = self.clock.now_ms();
             if now >= give_up_at {
+                self.give_back_slots(shared, missed).await;
                 return Err(RefreshError::RateLimited);
             }
             let slots = self
-                .reserve(shared, 1, now, give_up_at - now, Purpose::Refresh)
+                .reserve(
+                    shared,
+                    1,
+                    now,
+                    give_up_at - now,
+                    Purpose::Refresh,
+                    std::mem::take(&mut missed),
+                )
                 .await?;
             let Some(&slot) = slots.first() else {
                 return Err(RefreshError::RateLimited);
@@ -342,7 +360,9 @@ impl Poller {
             if self.clock.now_ms() - slot <= WINDOW_MARGIN_MS {
                 return Ok(());
             }
-            // Woke too late for the slot (the window counts the call at its slot): another.
+            // Woke too late for the slot (the window counts the call at its slot): another,
+            // and this one given back.
+            missed.push(slot);
         }
     }
 }
@@ -380,7 +400,8 @@ impl Reconciler {
                 return Ok(until);
             }
         }
-        // A few rounds at most: a slot missed, then a new reservation.
+        // A few rounds at most: a slot missed, then a new reservation that gives it back.
+        let mut missed = Vec::new();
         for _ in 0..3 {
             if let Some(slot) = self.slotted.front().map(|s| s.at) {
                 if slot > now {
@@ -389,8 +410,9 @@ impl Reconciler {
                 let started = poller.clock.now_ms().max(now);
                 if started - slot > WINDOW_MARGIN_MS {
                     // Too late for its slot: no call; the job waits for another slot.
-                    if let Some(missed) = self.slotted.pop_front() {
-                        self.ready.push_front(missed.job);
+                    if let Some(late) = self.slotted.pop_front() {
+                        missed.push(late.at);
+                        self.ready.push_front(late.job);
                     }
                     continue;
                 }
@@ -413,6 +435,7 @@ impl Reconciler {
             }
             let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
             if room == 0 {
+                poller.give_back_slots(shared, missed).await;
                 // The run loop wakes as soon as a call finishes.
                 return Ok(now + IDLE_WAKE_MS);
             }
@@ -426,9 +449,10 @@ impl Reconciler {
                 .reserve(
                     shared,
                     self.ready.len(),
-                    now,
+                    poller.clock.now_ms().max(now),
                     RESERVE_AHEAD_MS,
                     Purpose::Poll,
+                    std::mem::take(&mut missed),
                 )
                 .await?;
             if slots.is_empty() {
@@ -446,6 +470,7 @@ impl Reconciler {
                 }
             }
         }
+        poller.give_back_slots(shared, missed).await;
         Ok(now + 1)
     }
 

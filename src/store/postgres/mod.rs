@@ -210,7 +210,7 @@ impl PgStore {
     ) -> Result<Vec<Ingested>, StoreError> {
         let notify = self.notify.load(Ordering::Relaxed);
         let mut tx = self.begin().await?;
-        if let Some(stored) = batch::ingest(&mut tx, deliveries, notify).await? {
+        if let Some(stored) = batch::ingest(&mut tx, deliveries, notify, &self.origin).await? {
             self.commit(tx).await?;
             return Ok(stored);
         }
