@@ -5,8 +5,9 @@
 //! in one transaction, and answers each only after that commit is flushed to disk. Nothing waits
 //! on purpose: a batch is simply what queued up while the previous ones were written, so a lone
 //! delivery is committed at once and a storm shares its commits and flushes. Up to
-//! [`MAX_IN_FLIGHT`] batches are under way at once, so the database writes one while the disk
-//! flushes another. After each commit the writer counts and announces what the batch concerns
+//! [`Store::batches_in_flight`] batches are under way at once: on SQLite two, so the database
+//! writes one while the disk flushes another; on PostgreSQL one, written and flushed in one go
+//! while the next gathers. After each commit the writer counts and announces what the batch concerns
 //! (see [`Announce`]); the announcement also wakes the reconciler for a "look now".
 
 use crate::changes::Changes;
@@ -20,9 +21,6 @@ use tokio::sync::{mpsc, oneshot};
 pub const MAX_BATCH: usize = 256;
 /// Deliveries waiting for the writer before senders wait too (backpressure).
 const QUEUE: usize = 4096;
-/// Batches queued or being flushed at once: while one batch's WAL is flushed, the next is
-/// written, and deliveries arriving meanwhile gather into the one after.
-const MAX_IN_FLIGHT: usize = 2;
 
 type Reply = oneshot::Sender<Result<Ingested, StoreError>>;
 
@@ -76,6 +74,7 @@ async fn write_batches(
     let mut in_flight = FuturesOrdered::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut open = true;
+    let most_in_flight = store.batches_in_flight().max(1);
     while open || !in_flight.is_empty() {
         tokio::select! {
             // Finished batches first: their senders are waiting.
@@ -84,7 +83,7 @@ async fn write_batches(
                 answer(stored, replies, &announce);
             }
             taken = waiting.recv_many(&mut batch, MAX_BATCH),
-                if open && in_flight.len() < MAX_IN_FLIGHT =>
+                if open && in_flight.len() < most_in_flight =>
             {
                 if taken == 0 {
                     open = false;

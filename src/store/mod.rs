@@ -242,6 +242,13 @@ pub trait Store: Send + Sync + 'static {
     /// durable. The outer error means nothing was committed; an inner one, that only that
     /// delivery was not.
     fn ingest_batch(&self, deliveries: Vec<NewDelivery>) -> BatchFuture;
+    /// How many batches the group committer keeps under way at once: two where the store
+    /// writes one while the disk flushes the other (SQLite), one where a batch is written and
+    /// flushed in one go (PostgreSQL), so the next batch gathers every delivery that arrives
+    /// meanwhile rather than only those waiting when the previous one began.
+    fn batches_in_flight(&self) -> usize {
+        2
+    }
     /// Applies an archived delivery again. None when there is no such delivery.
     async fn replay(
         &self,

@@ -683,6 +683,9 @@ impl Store for FaultyStore {
         self.faults.check()?;
         self.inner.ingest(delivery).await
     }
+    fn batches_in_flight(&self) -> usize {
+        self.inner.batches_in_flight()
+    }
     fn ingest_batch(&self, deliveries: Vec<NewDelivery>) -> BatchFuture {
         if let Err(err) = self.faults.check() {
             return Box::pin(async move { Err(err) });

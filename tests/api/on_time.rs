@@ -56,16 +56,11 @@ impl TestApp {
 
     /// Asserts the next call for `job` starts within [`ON_TIME_MS`] of its `next_poll_at`.
     async fn assert_polled_on_time(&self, job: &Value) -> GetCall {
-        self.assert_polled_within(job, ON_TIME_MS).await
-    }
-
-    /// Asserts the next call for `job` starts within `allowed` ms of its `next_poll_at`.
-    async fn assert_polled_within(&self, job: &Value, allowed: i64) -> GetCall {
         let id = job["job_id"].as_str().unwrap();
         let last_polled = job["last_polled_at"]
             .as_str()
             .map_or(0, |at| parse_rfc3339(at).unwrap());
-        self.assert_polled_at_within(id, next_poll_at(job), last_polled, allowed)
+        self.assert_polled_at_within(id, next_poll_at(job), last_polled, ON_TIME_MS)
             .await
     }
 
@@ -170,15 +165,11 @@ async fn after_a_restart_a_scheduled_job_is_polled_at_its_time() {
     let job = app.register("kept").await;
     let app = app.restart().await;
     assert_eq!(app.job("kept").await["next_poll_at"], job["next_poll_at"]);
-    // On PostgreSQL the first poll after a restart has come about 215 ms late (a known bug, in
-    // the closing note of session 4: the restarted replica's first shared slot is missed);
-    // the test holds it to a bound there until it is fixed, and to ON_TIME_MS on SQLite.
-    let allowed = if app.db.is_postgres() {
-        400
-    } else {
-        ON_TIME_MS
-    };
-    app.assert_polled_within(&job, allowed).await;
+    // On PostgreSQL the restarted replica's first reservation of a shared slot, on a cold
+    // connection, used to take longer than the slot's margin: the slot was missed and kept,
+    // and the call waited for the next one (215 ms at the default rate). Missed slots are now
+    // given back with the next reservation.
+    app.assert_polled_on_time(&job).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

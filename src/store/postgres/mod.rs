@@ -129,7 +129,39 @@ impl PgStore {
             connect: connect.clone(),
             upkept_at: Arc::default(),
         };
-        tokio::spawn(store_batches(store.clone(), queued));
+        // The batch writer runs on a thread and runtime of its own, with its own connections:
+        // each batch is a few round trips made under the history lock, and on a runtime busy
+        // with HTTP traffic every one of them waited for a worker to come round.
+        let mut writer = store.clone();
+        let pool_size = options.pool_size.clamp(1, 2);
+        std::thread::Builder::new()
+            .name("jobhook-pg-writer".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot start the PostgreSQL batch writer");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    // No ping before each batch: a connection the database dropped fails
+                    // the batch's first statement instead, which is answered as an outage
+                    // (the deliveries are told to retry) and the connection replaced.
+                    writer.pool = PgPoolOptions::new()
+                        .max_connections(pool_size)
+                        .test_before_acquire(false)
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .connect_lazy_with(writer.connect.clone());
+                    let pool = writer.pool.clone();
+                    store_batches(writer, queued).await;
+                    pool.close().await;
+                });
+            })
+            .map_err(|err| StoreError::Batch(format!("cannot start the batch writer: {err}")))?;
         Ok(store)
     }
 
@@ -209,7 +241,7 @@ impl PgStore {
         deliveries: &[NewDelivery],
     ) -> Result<Vec<Ingested>, StoreError> {
         let notify = self.notify.load(Ordering::Relaxed);
-        let mut tx = self.begin().await?;
+        let mut tx = Tx::begin_batch(&self.pool).await?;
         if let Some(stored) = batch::ingest(&mut tx, deliveries, notify, &self.origin).await? {
             self.commit(tx).await?;
             return Ok(stored);
@@ -356,6 +388,10 @@ impl Store for PgStore {
 
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
         self.ingest_alone(&delivery).await
+    }
+
+    fn batches_in_flight(&self) -> usize {
+        1
     }
 
     fn ingest_batch(&self, deliveries: Vec<NewDelivery>) -> BatchFuture {

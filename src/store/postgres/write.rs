@@ -36,10 +36,29 @@ pub(super) struct Tx {
 impl Tx {
     /// Begins a transaction and takes the history lock.
     pub(super) async fn begin(pool: &PgPool) -> Result<Tx, StoreError> {
+        Tx::begin_with(pool, "").await
+    }
+
+    /// [`Tx::begin`] for a batch of deliveries (see `batch.rs`), whose few large statements
+    /// are planned once per connection rather than at each execution (planning them cost more
+    /// than running them for a batch of twenty), and planned to find rows by their indexes:
+    /// the batch looks up a few jobs by unique keys, and a plan made while a new database's
+    /// tables were nearly empty would otherwise scan them whole for as long as it is cached.
+    /// No JIT: a batch is far too small to repay a compilation.
+    pub(super) async fn begin_batch(pool: &PgPool) -> Result<Tx, StoreError> {
+        Tx::begin_with(
+            pool,
+            "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; \
+             SET LOCAL jit = off; ",
+        )
+        .await
+    }
+
+    async fn begin_with(pool: &PgPool, settings: &str) -> Result<Tx, StoreError> {
         // One round trip: the lock is taken by the statement that opens the transaction.
         let inner = pool
             .begin_with(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({HISTORY_LOCK})"
+                "BEGIN; {settings}SELECT pg_advisory_xact_lock({HISTORY_LOCK})"
             ))
             .await?;
         Ok(Tx {
