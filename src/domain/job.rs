@@ -40,13 +40,13 @@ pub struct Job {
     pub archive: Option<Archive>,
 }
 
-#[cfg(test)]
 impl Job {
-    /// A pending job known by Pictory id `j{pk}`, for unit tests.
-    pub(crate) fn pending_for_tests(pk: i64) -> Job {
+    /// A job jobhook starts tracking by its Pictory id at `now`, `pending`, before it has a
+    /// row (its `pk` is the store's to give), as the row reads once inserted.
+    pub fn tracked(job_id: String, next_poll_at: Option<i64>, now: i64) -> Job {
         Job {
-            pk,
-            job_id: Some(format!("j{pk}")),
+            pk: 0,
+            job_id: Some(job_id),
             submission_id: None,
             status: JobStatus::Pending,
             output: None,
@@ -55,17 +55,29 @@ impl Job {
             request: None,
             resolved_by: None,
             poll_count: 0,
-            created_at: 0,
-            updated_at: 0,
+            created_at: now,
+            updated_at: now,
             completed_at: None,
             webhook_received_at: None,
             last_polled_at: None,
-            next_poll_at: None,
-            seq: 1,
+            next_poll_at,
+            seq: 0,
             parent_pk: None,
             parent: None,
             children: Vec::new(),
             archive: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Job {
+    /// A pending job known by Pictory id `j{pk}`, for unit tests.
+    pub(crate) fn pending_for_tests(pk: i64) -> Job {
+        Job {
+            pk,
+            seq: 1,
+            ..Job::tracked(format!("j{pk}"), None, 0)
         }
     }
 }

@@ -30,10 +30,10 @@ use super::corrupt;
 use super::history::{plan_webhook, WebhookOnJob, WebhookWrite};
 use super::rows::{job_from_row, JOB_COLUMNS};
 use super::write::{payloads, Tx, CHANNEL};
-use crate::domain::archive::{Archive, ArchivePolicy};
+use crate::domain::archive::ArchivePolicy;
 use crate::domain::time::rfc3339;
 use crate::domain::usage::UsageFacts;
-use crate::domain::{Job, JobStatus};
+use crate::domain::Job;
 use crate::store::common::{announced_events, json_text, message_id};
 use crate::store::{DeliveryOutcome, DeliveryTarget, Ingested, NewDelivery, StoreError};
 use serde_json::json;
@@ -345,7 +345,7 @@ fn resolve(deliveries: &[NewDelivery], known: Vec<Job>) -> Option<(Vec<BatchJob>
                 Some(index) => index,
                 None => {
                     jobs.push(BatchJob {
-                        job: new_job(id, *first_poll_at, delivery.received_at),
+                        job: Job::tracked(id.to_owned(), *first_poll_at, delivery.received_at),
                         created: true,
                     });
                     used.push(false);
@@ -364,33 +364,6 @@ fn resolve(deliveries: &[NewDelivery], known: Vec<Job>) -> Option<(Vec<BatchJob>
         goes.push(Goes::Job(index));
     }
     Some((jobs, goes))
-}
-
-/// A job a webhook starts tracking, as its row reads once inserted (its id is drawn later).
-fn new_job(job_id: &str, first_poll_at: Option<i64>, now: i64) -> Job {
-    Job {
-        pk: 0,
-        job_id: Some(job_id.to_owned()),
-        submission_id: None,
-        status: JobStatus::Pending,
-        output: None,
-        error: None,
-        metadata: None,
-        request: None,
-        resolved_by: None,
-        poll_count: 0,
-        created_at: now,
-        updated_at: now,
-        completed_at: None,
-        webhook_received_at: None,
-        last_polled_at: None,
-        next_poll_at: first_poll_at,
-        seq: 0,
-        parent_pk: None,
-        parent: None,
-        children: Vec::new(),
-        archive: Archive::from_records(Vec::new()),
-    }
 }
 
 /// The ids the batch's new rows take, each list rising.
