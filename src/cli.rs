@@ -38,7 +38,7 @@ pub enum Command {
     Demo,
     /// Run a fake Pictory (Generate Video and Get Job, with webhooks) for integration tests.
     MockPictory(MockArgs),
-    /// Copy every job, delivery, history entry, notification and key to another database
+    /// Copy every job, delivery, history entry, notification, key and archive record to another database
     /// (SQLite to PostgreSQL and back). Stop the service first for an up-to-the-moment copy.
     CopyDb(CopyDbArgs),
 }

@@ -24,6 +24,7 @@ pub enum After {
     Id(i64),
     Key(String),
     TextInt(String, i64),
+    IntText(i64, String),
 }
 
 impl After {
@@ -34,6 +35,10 @@ impl After {
             (Order::Key(_), Some(Cell::Text(Some(key)))) => After::Key(key.clone()),
             (Order::TextInt(..), Some(Cell::Text(Some(text)))) => match row.get(1) {
                 Some(Cell::Int(Some(n))) => After::TextInt(text.clone(), *n),
+                _ => After::Start,
+            },
+            (Order::IntText(..), Some(Cell::Int(Some(n)))) => match row.get(1) {
+                Some(Cell::Text(Some(text))) => After::IntText(*n, text.clone()),
                 _ => After::Start,
             },
             _ => After::Start,
@@ -181,6 +186,13 @@ impl Conn {
             (Order::TextInt(text, int), _) => {
                 format!("SELECT {columns} FROM {name} ORDER BY {text}, {int} LIMIT $1")
             }
+            (Order::IntText(int, text), After::IntText(..)) => format!(
+                "SELECT {columns} FROM {name} WHERE ({int}, {text}) > ($1, $2) \
+                 ORDER BY {int}, {text} LIMIT $3"
+            ),
+            (Order::IntText(int, text), _) => {
+                format!("SELECT {columns} FROM {name} ORDER BY {int}, {text} LIMIT $1")
+            }
         };
         macro_rules! fetch {
             ($db:expr, $bool_as_int:expr) => {{
@@ -195,6 +207,10 @@ impl Conn {
                         query.bind(text.clone()).bind(*n).bind(limit)
                     }
                     (Order::TextInt(..), _) => query.bind(limit),
+                    (Order::IntText(..), After::IntText(n, text)) => {
+                        query.bind(*n).bind(text.clone()).bind(limit)
+                    }
+                    (Order::IntText(..), _) => query.bind(limit),
                 };
                 let rows = query.fetch_all($db).await?;
                 let mut decoded = Vec::with_capacity(rows.len());

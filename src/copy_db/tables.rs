@@ -26,6 +26,9 @@ pub enum Order {
     /// A composite primary key of a text and an integer column, in that order (the first two
     /// columns of the table): paged through by both.
     TextInt(&'static str, &'static str),
+    /// A composite primary key of an integer and a text column, in that order (the first two
+    /// columns of the table): paged through by both.
+    IntText(&'static str, &'static str),
 }
 
 pub struct Table {
@@ -187,6 +190,35 @@ pub const TABLES: &[Table] = &[
         name: "job_metadata_values",
         columns: &[("value", Text), ("job_pk", Int)],
         order: Order::TextInt("value", "job_pk"),
+        identity: false,
+    },
+    // The output archive: each completed job's file records (where its copies are), and the
+    // completions whose notifications wait for them. Not the policy: every `serve` writes it
+    // from its configuration. Leases are left behind: a copy's attempt in flight is simply due
+    // again in the copy, and made again there.
+    Table {
+        name: "archive_files",
+        columns: &[
+            ("job_pk", Int),
+            ("name", Text),
+            ("source_url", Text),
+            ("status", Text),
+            ("attempts", Int),
+            ("due_at", Int),
+            ("object_key", Text),
+            ("size", Int),
+            ("sha256", Text),
+            ("content_type", Text),
+            ("error", Text),
+            ("updated_at", Int),
+        ],
+        order: Order::IntText("job_pk", "name"),
+        identity: false,
+    },
+    Table {
+        name: "archive_holds",
+        columns: &[("job_pk", Int), ("change_id", Int)],
+        order: Order::IntKey("job_pk"),
         identity: false,
     },
     Table {

@@ -35,7 +35,14 @@ fn assert_copied(output: &Output) {
 /// a failed job, an idempotent submission, notifications attempted, a registration.
 async fn populated_sqlite() -> TestDb {
     let db = TestDb::fresh_sqlite();
-    let mut options = Options::new(|config| {
+    // An archive whose copies are not made yet (the fake Pictory answers 503 for the files, see
+    // below): each completion leaves pending file records, and holds its `job.completed`
+    // notification.
+    let archive = tempfile::tempdir().unwrap();
+    let archive_url = format!("file://{}", archive.path().display());
+    let mut options = Options::new(move |config| {
+        config.archive.url = Some(archive_url);
+        config.notify.after_archive = true;
         // Nothing listens there: each notification is attempted once, then waits an hour.
         config.notify.endpoints = vec![NotifyEndpoint {
             url: "http://127.0.0.1:9/hooks".into(),
@@ -52,6 +59,9 @@ async fn populated_sqlite() -> TestDb {
     });
     let mut app = spawn(options).await;
     let mock = app.mock().clone();
+    for _ in 0..40 {
+        mock.force_next_file(jobhook::mock::FileFault::Status(503));
+    }
     mock.set_state("copy-done", MockState::Completed);
     mock.set_state("copy-failed", MockState::Failed);
     for body in [
@@ -77,11 +87,14 @@ async fn populated_sqlite() -> TestDb {
     assert_eq!(app.wait_final("copy-failed").await["status"], "failed");
     for _ in 0..200 {
         let attempted = app.all("/v1/notifications?limit=100").await;
-        if attempted.len() == 2 && attempted.iter().all(|n| n["attempts"] == 1) {
+        // `job.failed` only: the completion's notification is held for its files.
+        if attempted.len() == 1 && attempted.iter().all(|n| n["attempts"] == 1) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let done = app.job("copy-done").await;
+    assert_eq!(done["archive"]["status"], "pending", "{done}");
     app.stop().await.unwrap();
     db
 }
