@@ -162,7 +162,6 @@ pub(super) async fn ingest(
         let Goes::Job(job) = goes[*index] else {
             continue;
         };
-        write.job.pk = jobs[job].job.pk;
         let mut change = None;
         for (kind, detail, snapshot) in entries {
             let id = event_ids
@@ -317,17 +316,17 @@ fn resolve(deliveries: &[NewDelivery], known: Vec<Job>) -> Option<(Vec<BatchJob>
     let mut goes = Vec::with_capacity(deliveries.len());
     let mut used = vec![false; jobs.len()];
     for delivery in deliveries {
-        let DeliveryTarget::Job {
-            job_id,
-            submission_id,
-            first_poll_at,
-            ..
-        } = &delivery.target
-        else {
-            if let DeliveryTarget::Rejected { reason } = &delivery.target {
+        let (job_id, submission_id, first_poll_at) = match &delivery.target {
+            DeliveryTarget::Rejected { reason } => {
                 goes.push(Goes::Rejected(reason.clone()));
+                continue;
             }
-            continue;
+            DeliveryTarget::Job {
+                job_id,
+                submission_id,
+                first_poll_at,
+                ..
+            } => (job_id, submission_id, first_poll_at),
         };
         let by_submission = submission_id.as_deref().and_then(|id| {
             jobs.iter()
