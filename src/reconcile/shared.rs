@@ -400,78 +400,81 @@ impl Reconciler {
                 return Ok(until);
             }
         }
-        // A few rounds at most: a slot missed, then a new reservation that gives it back.
+        // A few rounds at most: a slot missed, then a new reservation. Slots missed on the way
+        // are given back with that reservation, or once the step ends.
         let mut missed = Vec::new();
-        for _ in 0..3 {
-            if let Some(slot) = self.slotted.front().map(|s| s.at) {
-                if slot > now {
-                    return Ok(slot);
-                }
-                let started = poller.clock.now_ms().max(now);
-                if started - slot > WINDOW_MARGIN_MS {
-                    // Too late for its slot: no call; the job waits for another slot.
-                    if let Some(late) = self.slotted.pop_front() {
-                        missed.push(late.at);
-                        self.ready.push_front(late.job);
+        let wake = 'step: {
+            for _ in 0..3 {
+                if let Some(slot) = self.slotted.front().map(|s| s.at) {
+                    if slot > now {
+                        break 'step Ok(slot);
                     }
-                    continue;
-                }
-                if self.in_flight.len() >= MAX_IN_FLIGHT {
-                    return Ok(now + IDLE_WAKE_MS);
-                }
-                if let Some(Slotted { job, .. }) = self.slotted.pop_front() {
-                    let poller = poller.clone();
-                    self.in_flight.spawn(async move {
-                        if let Err(err) = poller.poll(&job).await {
-                            tracing::error!(error = %err, job_id = %job.job_id, "cannot record a poll");
+                    let started = poller.clock.now_ms().max(now);
+                    if started - slot > WINDOW_MARGIN_MS {
+                        // Too late for its slot: no call; the job waits for another slot.
+                        if let Some(late) = self.slotted.pop_front() {
+                            missed.push(late.at);
+                            self.ready.push_front(late.job);
                         }
-                    });
+                        continue;
+                    }
+                    if self.in_flight.len() >= MAX_IN_FLIGHT {
+                        break 'step Ok(now + IDLE_WAKE_MS);
+                    }
+                    if let Some(Slotted { job, .. }) = self.slotted.pop_front() {
+                        let poller = poller.clone();
+                        self.in_flight.spawn(async move {
+                            if let Err(err) = poller.poll(&job).await {
+                                tracing::error!(error = %err, job_id = %job.job_id, "cannot record a poll");
+                            }
+                        });
+                    }
+                    let next = self
+                        .slotted
+                        .front()
+                        .map_or_else(|| poller.free_hint(started), |s| s.at);
+                    break 'step Ok(next.max(now + 1));
                 }
-                let next = self
-                    .slotted
-                    .front()
-                    .map_or_else(|| poller.free_hint(started), |s| s.at);
-                return Ok(next.max(now + 1));
-            }
-            let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
-            if room == 0 {
-                poller.give_back_slots(shared, missed).await;
-                // The run loop wakes as soon as a call finishes.
-                return Ok(now + IDLE_WAKE_MS);
-            }
-            if self.ready.is_empty() {
-                self.claim(now, room).await?;
-            }
-            if self.ready.is_empty() {
-                return self.idle_until(now).await;
-            }
-            let slots = poller
-                .reserve(
-                    shared,
-                    self.ready.len(),
-                    poller.clock.now_ms().max(now),
-                    RESERVE_AHEAD_MS,
-                    Purpose::Poll,
-                    std::mem::take(&mut missed),
-                )
-                .await?;
-            if slots.is_empty() {
-                let free_at = poller.free_hint(now);
-                if free_at - now > 1_000 {
-                    self.give_back().await;
+                let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
+                if room == 0 {
+                    // The run loop wakes as soon as a call finishes.
+                    break 'step Ok(now + IDLE_WAKE_MS);
                 }
-                return Ok(free_at.max(now + 1));
-            }
-            // Still paused after the reservation: what it granted is the probe.
-            let probe = lock(&poller.pause).is_some();
-            for at in slots {
-                if let Some(job) = self.ready.pop_front() {
-                    self.slotted.push_back(Slotted { at, job, probe });
+                if self.ready.is_empty() {
+                    self.claim(now, room).await?;
+                }
+                if self.ready.is_empty() {
+                    break 'step self.idle_until(now).await;
+                }
+                let slots = poller
+                    .reserve(
+                        shared,
+                        self.ready.len(),
+                        poller.clock.now_ms().max(now),
+                        RESERVE_AHEAD_MS,
+                        Purpose::Poll,
+                        std::mem::take(&mut missed),
+                    )
+                    .await?;
+                if slots.is_empty() {
+                    let free_at = poller.free_hint(now);
+                    if free_at - now > 1_000 {
+                        self.give_back().await;
+                    }
+                    break 'step Ok(free_at.max(now + 1));
+                }
+                // Still paused after the reservation: what it granted is the probe.
+                let probe = lock(&poller.pause).is_some();
+                for at in slots {
+                    if let Some(job) = self.ready.pop_front() {
+                        self.slotted.push_back(Slotted { at, job, probe });
+                    }
                 }
             }
-        }
+            Ok(now + 1)
+        };
         poller.give_back_slots(shared, missed).await;
-        Ok(now + 1)
+        wake
     }
 
     /// Takes from their jobs the slots inside a hold (before `held`) and, while `paused`,
