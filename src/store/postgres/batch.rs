@@ -777,3 +777,94 @@ impl Rows {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::domain::JobStatus;
+
+    fn to(job_id: Option<&str>, submission_id: Option<&str>) -> NewDelivery {
+        NewDelivery {
+            received_at: 1_000,
+            remote_addr: None,
+            headers: "{}".into(),
+            body: b"{}".to_vec(),
+            target: DeliveryTarget::Job {
+                job_id: job_id.map(str::to_owned),
+                submission_id: submission_id.map(str::to_owned),
+                report: None,
+                look_now: false,
+                first_poll_at: Some(31_000),
+            },
+        }
+    }
+
+    fn known(pk: i64, job_id: Option<&str>, submission_id: Option<&str>) -> Job {
+        let mut job = Job::tracked(job_id.unwrap_or_default().to_owned(), None, 0);
+        job.pk = pk;
+        job.job_id = job_id.map(str::to_owned);
+        job.submission_id = submission_id.map(str::to_owned);
+        job
+    }
+
+    #[test]
+    fn one_delivery_per_job_is_batched_and_new_jobs_are_made_once_each() {
+        let rejected = NewDelivery {
+            target: DeliveryTarget::Rejected {
+                reason: "not json".into(),
+            },
+            ..to(None, None)
+        };
+        let deliveries = [
+            to(Some("new-a"), None),
+            to(Some("known"), None),
+            rejected,
+            to(Some("from-sub"), Some("sub-1")),
+            to(None, Some("sub-unknown")),
+            to(Some("new-b"), None),
+        ];
+        let jobs = vec![
+            known(7, Some("known"), None),
+            known(9, Some("from-sub"), Some("sub-1")),
+        ];
+        let (jobs, goes) = resolve(&deliveries, jobs).unwrap();
+        let summary: Vec<String> = goes
+            .iter()
+            .map(|goes| match goes {
+                Goes::Rejected(reason) => format!("rejected: {reason}"),
+                Goes::Job(index) => {
+                    let BatchJob { job, created } = &jobs[*index];
+                    format!("{} {}", job.job_id.as_deref().unwrap(), created)
+                }
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "new-a true".to_owned(),
+                "known false".to_owned(),
+                "rejected: not json".to_owned(),
+                "from-sub false".to_owned(),
+                format!("rejected: {NOT_TRACKED}"),
+                "new-b true".to_owned(),
+            ]
+        );
+        let new = &jobs.iter().find(|j| j.created).unwrap().job;
+        assert_eq!(
+            (new.status, new.next_poll_at, new.created_at),
+            (JobStatus::Pending, Some(31_000), 1_000)
+        );
+    }
+
+    #[test]
+    fn a_job_twice_or_an_id_for_a_submission_sends_the_batch_one_by_one() {
+        let twice_new = [to(Some("a"), None), to(Some("a"), None)];
+        assert!(resolve(&twice_new, Vec::new()).is_none());
+        let twice_known = [to(Some("k"), None), to(None, Some("sub-k"))];
+        assert!(resolve(&twice_known, vec![known(3, Some("k"), Some("sub-k"))]).is_none());
+        // The submission's Generate call ended ambiguously: the webhook brings its id.
+        let id_for_submission = [to(Some("p-1"), Some("sub-2"))];
+        assert!(resolve(&id_for_submission, vec![known(4, None, Some("sub-2"))]).is_none());
+    }
+}
