@@ -373,34 +373,48 @@ struct Ids {
 }
 
 /// Round trip 3: as many ids as the batch's deliveries, new jobs and history entries need.
+///
+/// Each run is taken in one step, `setval(s, nextval(s) + n - 1)`, rather than one `nextval`
+/// per row (some 5 µs each, a fifth of what a delivery costs the database). `setval` is not
+/// atomic with the `nextval` before it, but every writer of these three tables holds the
+/// history lock, as this transaction does; were one ever not to, its id could fall inside a
+/// run and its insert would fail on the primary key, never overwrite a row.
 async fn draw_ids(
     tx: &mut Tx,
     deliveries: usize,
     jobs: usize,
     events: usize,
 ) -> Result<Ids, StoreError> {
-    let count = |n: usize| i32::try_from(n).map_err(corrupt);
-    let (mut deliveries, mut jobs, mut events): (Vec<i64>, Vec<i64>, Vec<i64>) = sqlx::query_as(
-        "SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) \
-           FROM generate_series(1, $1)), \
-         ARRAY(SELECT nextval(pg_get_serial_sequence('jobs', 'id')) \
-           FROM generate_series(1, $2)), \
-         ARRAY(SELECT nextval(pg_get_serial_sequence('job_events', 'id')) \
-           FROM generate_series(1, $3))",
-    )
-    .bind(count(deliveries)?)
-    .bind(count(jobs)?)
-    .bind(count(events)?)
-    .fetch_one(tx.db())
-    .await?;
-    // Drawn in any order; handed out in the batch's.
-    for ids in [&mut deliveries, &mut jobs, &mut events] {
-        ids.sort_unstable();
-    }
+    let count = |n: usize| i64::try_from(n).map_err(corrupt);
+    let run = |table: &str, param: u8| {
+        format!(
+            "CASE WHEN ${param} > 0 THEN setval(pg_get_serial_sequence('{table}', 'id'), \
+             nextval(pg_get_serial_sequence('{table}', 'id')) + ${param} - 1) - ${param} + 1 END"
+        )
+    };
+    let (first_delivery, first_job, first_event): (Option<i64>, Option<i64>, Option<i64>) =
+        sqlx::query_as(&format!(
+            "SELECT {}, {}, {}",
+            run("deliveries", 1),
+            run("jobs", 2),
+            run("job_events", 3)
+        ))
+        .bind(count(deliveries)?)
+        .bind(count(jobs)?)
+        .bind(count(events)?)
+        .fetch_one(tx.db())
+        .await?;
+    let ids = |first: Option<i64>, n: usize| -> Result<Vec<i64>, StoreError> {
+        match first {
+            Some(first) => Ok((first..first + count(n)?).collect()),
+            None if n == 0 => Ok(Vec::new()),
+            None => Err(corrupt("a run of ids was not drawn")),
+        }
+    };
     Ok(Ids {
-        deliveries,
-        jobs,
-        events,
+        deliveries: ids(first_delivery, deliveries)?,
+        jobs: ids(first_job, jobs)?,
+        events: ids(first_event, events)?,
     })
 }
 
