@@ -132,21 +132,18 @@ impl PgStore {
         // The batch writer runs on a thread and runtime of its own, with its own connections:
         // each batch is a few round trips made under the history lock, and on a runtime busy
         // with HTTP traffic every one of them waited for a worker to come round.
+        // The writer's copy of the store holds no sender of its own queue: once every other
+        // copy is gone (closed or dropped), the queue ends, and the thread with it.
         let mut writer = store.clone();
+        writer.batches = mpsc::unbounded_channel().0;
         let pool_size = options.pool_size.clamp(1, 2);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| StoreError::Batch(format!("cannot start the batch writer: {err}")))?;
         std::thread::Builder::new()
             .name("jobhook-pg-writer".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(err) => {
-                        tracing::error!(error = %err, "cannot start the PostgreSQL batch writer");
-                        return;
-                    }
-                };
                 runtime.block_on(async move {
                     // No ping before each batch: a connection the database dropped fails
                     // the batch's first statement instead, which is answered as an outage
