@@ -6,8 +6,8 @@
 //! on purpose: a batch is simply what queued up while the previous ones were written, so a lone
 //! delivery is committed at once and a storm shares its commits and flushes. Up to
 //! [`Store::batches_in_flight`] batches are under way at once: on SQLite two, so the database
-//! writes one while the disk flushes another; on PostgreSQL one, written and flushed in one go
-//! while the next gathers. After each commit the writer counts and announces what the batch concerns
+//! writes one while the disk flushes another; on PostgreSQL many, since its writer stores every
+//! batch waiting for it in one transaction. After each commit the writer counts and announces what the batch concerns
 //! (see [`Announce`]); the announcement also wakes the reconciler for a "look now".
 
 use crate::changes::Changes;

@@ -243,9 +243,8 @@ pub trait Store: Send + Sync + 'static {
     /// delivery was not.
     fn ingest_batch(&self, deliveries: Vec<NewDelivery>) -> BatchFuture;
     /// How many batches the group committer keeps under way at once: two where the store
-    /// writes one while the disk flushes the other (SQLite), one where a batch is written and
-    /// flushed in one go (PostgreSQL), so the next batch gathers every delivery that arrives
-    /// meanwhile rather than only those waiting when the previous one began.
+    /// writes one while the disk flushes the other (SQLite); many where the store itself
+    /// gathers every batch waiting into its next transaction (PostgreSQL).
     fn batches_in_flight(&self) -> usize {
         2
     }

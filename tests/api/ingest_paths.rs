@@ -226,3 +226,83 @@ async fn a_batch_writes_exactly_what_the_same_deliveries_write_one_by_one() {
         );
     }
 }
+
+/// Batches handed in one after the other without waiting (as the group committer does) are
+/// stored in that order, each answered with its own deliveries' results. On PostgreSQL the
+/// writer stores every batch waiting for it in one transaction, up to about a thousand
+/// deliveries (so here the first dozen batches together, on the few-statement path), and
+/// begins the next transaction while that one commits (here for the rest, where jobs come
+/// twice and are stored one by one): the rows and ids must still be those of storing one by
+/// one, and a job that comes again in a later batch must see its earlier delivery.
+#[tokio::test]
+async fn batches_handed_in_together_are_stored_in_order_and_answered_each_their_own() {
+    let (one_db, batch_db) = (TestDb::fresh().await, TestDb::fresh().await);
+    let (one, batched) = (prepared(&one_db).await, prepared(&batch_db).await);
+
+    let at = T0 + 10_000;
+    let mut batches = Vec::new();
+    for b in 0..12 {
+        let mut batch = Vec::new();
+        for d in 0..(90 + b) {
+            let at = at + b * 10 + d;
+            let id = format!("gathered-{b}-{d}");
+            batch.push(match (b + d) % 3 {
+                0 => delivery(at, &completed(&id, 1.5), None, false),
+                1 => delivery(at, &in_progress(&id), None, false),
+                _ => delivery(at, &failed(&id), None, false),
+            });
+        }
+        batches.push(batch);
+    }
+    // A later batch reports on jobs of earlier ones, and repeats earlier bodies exactly.
+    batches.push(vec![
+        delivery(at + 500, &completed("gathered-1-0", 2.0), None, false),
+        delivery(at + 501, &in_progress("gathered-1-0"), None, false),
+        delivery(at + 502, &completed("gathered-3-0", 1.5), None, false),
+    ]);
+    batches.push(vec![delivery(
+        at + 600,
+        &completed("known-1", 3.0),
+        None,
+        false,
+    )]);
+
+    let mut alone = Vec::new();
+    for batch in &batches {
+        let mut answers = Vec::new();
+        for delivery in batch.clone() {
+            answers.push(seen(&one.ingest(delivery).await.unwrap()));
+        }
+        alone.push(answers);
+    }
+    // Every batch handed in before any is awaited.
+    let pending: Vec<_> = batches
+        .iter()
+        .map(|batch| batched.ingest_batch(batch.clone()))
+        .collect();
+    let mut together = Vec::new();
+    for stored in pending {
+        let answers: Vec<Value> = stored
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|ingested| seen(&ingested.unwrap()))
+            .collect();
+        together.push(answers);
+    }
+    assert_eq!(together, alone);
+    let sizes: Vec<usize> = together.iter().map(Vec::len).collect();
+    assert_eq!(sizes, batches.iter().map(Vec::len).collect::<Vec<_>>());
+    let outcomes: Vec<&str> = together[12]
+        .iter()
+        .map(|answer| answer["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["accepted", "duplicate", "duplicate"]);
+
+    let (expected, actual) = (
+        everything(&one_db, &one).await,
+        everything(&batch_db, &batched).await,
+    );
+    assert_eq!(actual["tables"], expected["tables"]);
+    assert_eq!(actual["jobs"], expected["jobs"]);
+}

@@ -95,10 +95,8 @@ pub struct PgStore {
 }
 
 /// A batch waiting for [`store_batches`], and who to tell once it is stored.
-type QueuedBatch = (
-    Vec<NewDelivery>,
-    oneshot::Sender<Result<Vec<Result<Ingested, StoreError>>, StoreError>>,
-);
+type QueuedBatch = (Vec<NewDelivery>, BatchReply);
+type BatchReply = oneshot::Sender<Result<Vec<Result<Ingested, StoreError>>, StoreError>>;
 
 impl PgStore {
     /// Connects to the database a `postgres://` or `postgresql://` URL names (`sslmode` and the
@@ -232,45 +230,86 @@ impl PgStore {
         Ok(ingested)
     }
 
-    /// Stores a batch in one transaction.
-    async fn ingest_together(
+    /// Writes a batch into `tx` (begun by [`Tx::begin_batch`]); the caller commits.
+    async fn write_together(
         &self,
+        tx: &mut Tx,
         deliveries: &[NewDelivery],
     ) -> Result<Vec<Ingested>, StoreError> {
         let notify = self.notify.load(Ordering::Relaxed);
-        let mut tx = Tx::begin_batch(&self.pool).await?;
-        if let Some(stored) = batch::ingest(&mut tx, deliveries, notify, &self.origin).await? {
-            self.commit(tx).await?;
+        if let Some(stored) = batch::ingest(tx, deliveries, notify, &self.origin).await? {
             return Ok(stored);
         }
         // Nothing was written: the same transaction stores them one by one.
         let mut stored = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            stored.push(ingest_one(&mut tx, delivery, notify).await?);
+            stored.push(ingest_one(tx, delivery, notify).await?);
         }
-        self.commit(tx).await?;
         Ok(stored)
     }
 }
 
-/// Stores queued delivery batches one after the other until the store closes: the order of
-/// [`Store::ingest_batch`] calls is the order of the commits.
+/// Most deliveries the writer gathers into one transaction from the batches queued for it.
+const MOST_GATHERED: usize = 1024;
+
+/// A transaction begun for the next batch while the current one commits (see [`store_batches`]).
+type Ahead = tokio::task::JoinHandle<Result<Tx, StoreError>>;
+
+/// Stores queued delivery batches until the store closes, in the order of the
+/// [`Store::ingest_batch`] calls.
+///
+/// Every batch queued by the time a transaction holds the history lock is stored in that one
+/// transaction. And when batches are already waiting as one commits, the next transaction is
+/// begun before that commit: its `BEGIN` waits inside PostgreSQL for the lock and has it the
+/// moment the commit lets go, so the round trip that takes the lock is off the path from one
+/// commit to the next. (Only then: a transaction begun with nothing to store would sit on the
+/// lock that every writer, on every replica, needs.)
 async fn store_batches(store: PgStore, mut queued: mpsc::UnboundedReceiver<QueuedBatch>) {
+    let mut ahead: Option<Ahead> = None;
     loop {
-        let (deliveries, reply) = tokio::select! {
-            _ = store.closing.cancelled() => return,
+        let first = tokio::select! {
+            _ = store.closing.cancelled() => break,
             next = queued.recv() => match next {
                 Some(batch) => batch,
-                None => return,
+                None => break,
             },
         };
-        let stored = match store.ingest_together(&deliveries).await {
+        let begun = match ahead.take() {
+            Some(begun) => begun
+                .await
+                .unwrap_or_else(|err| Err(StoreError::Batch(format!("the writer failed: {err}")))),
+            None => Tx::begin_batch(&store.pool).await,
+        };
+        let (mut deliveries, reply) = first;
+        let mut replies = vec![(deliveries.len(), reply)];
+        while deliveries.len() < MOST_GATHERED {
+            let Ok((more, reply)) = queued.try_recv() else {
+                break;
+            };
+            replies.push((more.len(), reply));
+            deliveries.extend(more);
+        }
+        let written = match begun {
+            Ok(mut tx) => match store.write_together(&mut tx, &deliveries).await {
+                Ok(stored) => {
+                    if !queued.is_empty() {
+                        let pool = store.pool.clone();
+                        ahead = Some(tokio::spawn(async move { Tx::begin_batch(&pool).await }));
+                    }
+                    store.commit(tx).await.map(|()| stored)
+                }
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        let stored = match written {
             Ok(stored) => Ok(stored.into_iter().map(Ok).collect()),
             // The database is away: one by one would only fail again, each after its own
             // wait. Nothing was committed; every sender is told to retry, and so are the
             // senders of the batches queued meanwhile, which would only wait for the same
             // wall (a webhook gets its 503 within one connection timeout, not several).
             Err(err) if is_outage(&err) => {
+                give_back(ahead.take()).await;
                 let why = format!("the database is unreachable: {err}");
                 while let Ok((_, waiting)) = queued.try_recv() {
                     let _ = waiting.send(Err(StoreError::Batch(why.clone())));
@@ -278,6 +317,8 @@ async fn store_batches(store: PgStore, mut queued: mpsc::UnboundedReceiver<Queue
                 Err(err)
             }
             Err(err) => {
+                // Storing one by one needs the lock a transaction begun ahead would hold.
+                give_back(ahead.take()).await;
                 // One bad delivery is answered alone while the others commit, as on SQLite.
                 tracing::warn!(error = %err, "a delivery batch failed; storing one by one");
                 let mut alone = Vec::with_capacity(deliveries.len());
@@ -287,8 +328,47 @@ async fn store_batches(store: PgStore, mut queued: mpsc::UnboundedReceiver<Queue
                 Ok(alone)
             }
         };
-        // The caller may have gone away; the batch is stored all the same.
-        let _ = reply.send(stored);
+        answer_each(stored, replies);
+    }
+    give_back(ahead).await;
+}
+
+/// Rolls back a transaction begun ahead, so its history lock is free for others.
+async fn give_back(ahead: Option<Ahead>) {
+    if let Some(Ok(Ok(tx))) = match ahead {
+        Some(begun) => Some(begun.await),
+        None => None,
+    } {
+        if let Err(err) = tx.rollback().await {
+            tracing::warn!(error = %err, "could not roll back an unused transaction");
+        }
+    }
+}
+
+/// Answers each batch stored together with its share of the results: `replies` holds each
+/// batch's size and its reply, in the order the deliveries were stored. (A caller may have
+/// gone away; its batch is stored all the same.)
+fn answer_each(
+    stored: Result<Vec<Result<Ingested, StoreError>>, StoreError>,
+    replies: Vec<(usize, BatchReply)>,
+) {
+    match stored {
+        Ok(results) => {
+            let mut results = results.into_iter();
+            for (size, reply) in replies {
+                let _ = reply.send(Ok(results.by_ref().take(size).collect()));
+            }
+        }
+        Err(err) => {
+            let why = err.to_string();
+            let mut first = Some(err);
+            for (_, reply) in replies {
+                let err = first
+                    .take()
+                    .unwrap_or_else(|| StoreError::Batch(why.clone()));
+                let _ = reply.send(Err(err));
+            }
+        }
     }
 }
 
@@ -388,7 +468,9 @@ impl Store for PgStore {
     }
 
     fn batches_in_flight(&self) -> usize {
-        1
+        // Batches queue for the writer, which stores all those waiting in one transaction
+        // (see `store_batches`): so many that the group committer never holds one back.
+        64
     }
 
     fn ingest_batch(&self, deliveries: Vec<NewDelivery>) -> BatchFuture {

@@ -76,6 +76,12 @@ impl Tx {
         self.touched.push(pk);
     }
 
+    /// Ends the transaction without writing anything.
+    pub(super) async fn rollback(self) -> Result<(), StoreError> {
+        self.inner.rollback().await?;
+        Ok(())
+    }
+
     /// Announces the changed jobs to the other replicas (delivered only if the commit happens)
     /// and commits. `origin` names this process, so its own announcements are skipped.
     pub(super) async fn commit(mut self, origin: &str) -> Result<(), StoreError> {
