@@ -7,8 +7,9 @@
 //! delivery is committed at once and a storm shares its commits and flushes. Up to
 //! [`Store::batches_in_flight`] batches are under way at once: on SQLite two, so the database
 //! writes one while the disk flushes another; on PostgreSQL many, since its writer stores every
-//! batch waiting for it in one transaction. After each commit the writer counts and announces what the batch concerns
-//! (see [`Announce`]); the announcement also wakes the reconciler for a "look now".
+//! batch waiting for it in one transaction. After each commit the writer counts and announces
+//! what the batch concerns (see [`Announce`]); the announcement also wakes the reconciler for a
+//! "look now".
 
 use crate::changes::Changes;
 use crate::metrics::Metrics;
