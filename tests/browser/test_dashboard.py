@@ -32,6 +32,9 @@ def jobs(stack):
     stack.finish(ids[0])
     stack.finish(ids[1])
     stack.finish(ids[2], "failed")
+    # The fake delivers each webhook on its own time: the pages are read once all three are in.
+    for job_id, status in [(ids[0], "completed"), (ids[1], "completed"), (ids[2], "failed")]:
+        assert stack.call("GET", f"{stack.api}/v1/jobs/{job_id}?wait=30s")["status"] == status
     return ids
 
 
