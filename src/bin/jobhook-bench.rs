@@ -203,13 +203,21 @@ fn constant_job_json(size: usize) -> String {
 }
 
 /// The rows jobhook wrote for one webhook that completed a new job (the job, its delivery, its
-/// history entries), copied from a jobhook database column by column. The baselines write
-/// these same rows, into jobhook's own schema with its indexes, but without any of its logic.
+/// history entries, its usage row and its day's usage summary), copied from a jobhook database
+/// column by column. The baselines write these same rows, into jobhook's own schema with its
+/// indexes, but without any of its logic.
 struct Template {
     job: Vec<(String, SqlValue)>,
     delivery: Vec<(String, SqlValue)>,
     events: Vec<Vec<(String, SqlValue)>>,
+    usage: Vec<Vec<(String, SqlValue)>>,
+    /// Added to the day's summary row, as jobhook does.
+    daily: Vec<Vec<(String, SqlValue)>>,
 }
+
+/// Tables with rows of a job that the template copies; any other table holding rows of the
+/// template's job would mean the baselines write less than jobhook does.
+const COPIED_JOB_TABLES: [&str; 3] = ["deliveries", "job_events", "job_usage"];
 
 impl Template {
     fn read(db: &Path) -> anyhow::Result<Template> {
@@ -240,11 +248,46 @@ impl Template {
         let delivery =
             rows("SELECT * FROM deliveries WHERE job_pk = ?1 ORDER BY id LIMIT 1")?.remove(0);
         let events = rows("SELECT * FROM job_events WHERE job_pk = ?1 ORDER BY id")?;
+        let usage = rows("SELECT * FROM job_usage WHERE job_pk = ?1")?;
+        let daily = rows(
+            "SELECT d.* FROM usage_daily d JOIN job_usage u ON u.job_pk = ?1 \
+             AND d.model = u.model AND d.status = u.status",
+        )?;
+        anyhow::ensure!(
+            usage.len() == 1 && daily.len() == 1,
+            "the template webhook should have completed its job and counted its usage"
+        );
+        Self::check_nothing_else_written(&connection, pk)?;
         Ok(Template {
             job,
             delivery,
             events,
+            usage,
+            daily,
         })
+    }
+
+    fn check_nothing_else_written(connection: &Connection, pk: i64) -> anyhow::Result<()> {
+        let mut tables = connection.prepare(
+            "SELECT m.name FROM sqlite_master m, pragma_table_info(m.name) c \
+             WHERE m.type = 'table' AND c.name = 'job_pk'",
+        )?;
+        let tables = tables
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for table in tables {
+            let count: i64 = connection.query_row(
+                &format!("SELECT COUNT(*) FROM {table} WHERE job_pk = ?1"),
+                [pk],
+                |row| row.get(0),
+            )?;
+            anyhow::ensure!(
+                count == 0 || COPIED_JOB_TABLES.contains(&table.as_str()),
+                "jobhook wrote {count} rows of {table} for the template webhook; the \
+                 baselines must write them too"
+            );
+        }
+        Ok(())
     }
 
     /// Inserts a copy of the rows for a new job numbered `n`, with `body` as its webhook body.
@@ -281,6 +324,21 @@ impl Template {
             });
             tx.prepare_cached(&insert_sql("job_events", &event, ""))?
                 .execute(params_from_iter(event.iter().map(|(_, v)| v)))?;
+        }
+        for usage in &self.usage {
+            let usage = with(usage, |name| {
+                (name == "job_pk").then_some(SqlValue::Integer(pk))
+            });
+            tx.prepare_cached(&insert_sql("job_usage", &usage, ""))?
+                .execute(params_from_iter(usage.iter().map(|(_, v)| v)))?;
+        }
+        for daily in &self.daily {
+            let add =
+                " ON CONFLICT (day, model, status) DO UPDATE SET jobs = jobs + excluded.jobs, \
+                       credits_milli = credits_milli + excluded.credits_milli, \
+                       video_ms = video_ms + excluded.video_ms";
+            tx.prepare_cached(&insert_sql("usage_daily", daily, add))?
+                .execute(params_from_iter(daily.iter().map(|(_, v)| v)))?;
         }
         Ok(())
     }
