@@ -210,9 +210,9 @@ struct Template {
     job: Vec<(String, SqlValue)>,
     delivery: Vec<(String, SqlValue)>,
     events: Vec<Vec<(String, SqlValue)>>,
-    usage: Vec<Vec<(String, SqlValue)>>,
+    usage: Vec<(String, SqlValue)>,
     /// Added to the day's summary row, as jobhook does.
-    daily: Vec<Vec<(String, SqlValue)>>,
+    daily: Vec<(String, SqlValue)>,
 }
 
 /// Tables with rows of a job that the template copies; any other table holding rows of the
@@ -248,8 +248,8 @@ impl Template {
         let delivery =
             rows("SELECT * FROM deliveries WHERE job_pk = ?1 ORDER BY id LIMIT 1")?.remove(0);
         let events = rows("SELECT * FROM job_events WHERE job_pk = ?1 ORDER BY id")?;
-        let usage = rows("SELECT * FROM job_usage WHERE job_pk = ?1")?;
-        let daily = rows(
+        let mut usage = rows("SELECT * FROM job_usage WHERE job_pk = ?1")?;
+        let mut daily = rows(
             "SELECT d.* FROM usage_daily d JOIN job_usage u ON u.job_pk = ?1 \
              AND d.model = u.model AND d.status = u.status",
         )?;
@@ -257,6 +257,7 @@ impl Template {
             usage.len() == 1 && daily.len() == 1,
             "the template webhook should have completed its job and counted its usage"
         );
+        let (usage, daily) = (usage.remove(0), daily.remove(0));
         Self::check_nothing_else_written(&connection, pk)?;
         Ok(Template {
             job,
@@ -319,29 +320,31 @@ impl Template {
         tx.prepare_cached("UPDATE jobs SET raw_delivery = ?1 WHERE id = ?2")?
             .execute(params![tx.last_insert_rowid(), pk])?;
         for event in &self.events {
-            let event = with(event, |name| {
-                (name == "job_pk").then_some(SqlValue::Integer(pk))
-            });
-            tx.prepare_cached(&insert_sql("job_events", &event, ""))?
-                .execute(params_from_iter(event.iter().map(|(_, v)| v)))?;
+            insert_row(tx, "job_events", event, pk, "")?;
         }
-        for usage in &self.usage {
-            let usage = with(usage, |name| {
-                (name == "job_pk").then_some(SqlValue::Integer(pk))
-            });
-            tx.prepare_cached(&insert_sql("job_usage", &usage, ""))?
-                .execute(params_from_iter(usage.iter().map(|(_, v)| v)))?;
-        }
-        for daily in &self.daily {
-            let add =
-                " ON CONFLICT (day, model, status) DO UPDATE SET jobs = jobs + excluded.jobs, \
-                       credits_milli = credits_milli + excluded.credits_milli, \
-                       video_ms = video_ms + excluded.video_ms";
-            tx.prepare_cached(&insert_sql("usage_daily", daily, add))?
-                .execute(params_from_iter(daily.iter().map(|(_, v)| v)))?;
-        }
+        insert_row(tx, "job_usage", &self.usage, pk, "")?;
+        let add = " ON CONFLICT (day, model, status) DO UPDATE SET jobs = jobs + excluded.jobs, \
+                   credits_milli = credits_milli + excluded.credits_milli, \
+                   video_ms = video_ms + excluded.video_ms";
+        insert_row(tx, "usage_daily", &self.daily, pk, add)?;
         Ok(())
     }
+}
+
+/// Inserts a copy of `row` into `table`, made a row of the job `pk` when it has a `job_pk`.
+fn insert_row(
+    tx: &Connection,
+    table: &str,
+    row: &[(String, SqlValue)],
+    pk: i64,
+    tail: &str,
+) -> anyhow::Result<()> {
+    let row = with(row, |name| {
+        (name == "job_pk").then_some(SqlValue::Integer(pk))
+    });
+    tx.prepare_cached(&insert_sql(table, &row, tail))?
+        .execute(params_from_iter(row.iter().map(|(_, v)| v)))?;
+    Ok(())
 }
 
 /// A row's columns with some values replaced.
