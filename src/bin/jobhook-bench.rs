@@ -215,10 +215,6 @@ struct Template {
     daily: Vec<(String, SqlValue)>,
 }
 
-/// Tables with rows of a job that the template copies; any other table holding rows of the
-/// template's job would mean the baselines write less than jobhook does.
-const COPIED_JOB_TABLES: [&str; 3] = ["deliveries", "job_events", "job_usage"];
-
 impl Template {
     fn read(db: &Path) -> anyhow::Result<Template> {
         let connection = Connection::open(db)?;
@@ -258,7 +254,12 @@ impl Template {
             "the template webhook should have completed its job and counted its usage"
         );
         let (usage, daily) = (usage.remove(0), daily.remove(0));
-        Self::check_nothing_else_written(&connection, pk)?;
+        let copied = [
+            ("deliveries", 1),
+            ("job_events", events.len()),
+            ("job_usage", 1),
+        ];
+        Self::check_nothing_else_written(&connection, pk, &copied)?;
         Ok(Template {
             job,
             delivery,
@@ -268,7 +269,13 @@ impl Template {
         })
     }
 
-    fn check_nothing_else_written(connection: &Connection, pk: i64) -> anyhow::Result<()> {
+    /// Any row of the template's job beyond the `copied` count of its table would mean the
+    /// baselines write less than jobhook does.
+    fn check_nothing_else_written(
+        connection: &Connection,
+        pk: i64,
+        copied: &[(&str, usize)],
+    ) -> anyhow::Result<()> {
         let mut tables = connection.prepare(
             "SELECT m.name FROM sqlite_master m, pragma_table_info(m.name) c \
              WHERE m.type = 'table' AND c.name = 'job_pk'",
@@ -282,10 +289,14 @@ impl Template {
                 [pk],
                 |row| row.get(0),
             )?;
+            let expected = copied
+                .iter()
+                .find(|(name, _)| *name == table)
+                .map_or(0, |&(_, rows)| rows);
             anyhow::ensure!(
-                count == 0 || COPIED_JOB_TABLES.contains(&table.as_str()),
-                "jobhook wrote {count} rows of {table} for the template webhook; the \
-                 baselines must write them too"
+                usize::try_from(count) == Ok(expected),
+                "jobhook wrote {count} rows of {table} for the template webhook, the baselines \
+                 {expected}: they must write the same"
             );
         }
         Ok(())

@@ -343,7 +343,8 @@ const PASS_EVERY: Duration = Duration::from_millis(100);
 /// Longest a checkpoint past the limit waits for readers, holding up writes meanwhile.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(100);
 
-/// What the bound has done, for tests.
+/// What the bound has done. `passes` is how the writer learns that a pass ended (it then
+/// copies the rest); the other two are kept for tests.
 #[derive(Clone, Default, Debug)]
 pub(super) struct WalCounts {
     /// Passes the checkpointer has finished.
@@ -427,18 +428,11 @@ impl WalBound {
             return;
         }
         self.followed = passes;
-        let copied = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
-        });
-        match copied {
-            Ok((0, frames, copied)) if frames == copied => {
+        match checkpoint_passive(connection) {
+            Ok(true) => {
                 self.counts.copied_whole.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(_) => {}
+            Ok(false) => {}
             Err(err) => tracing::warn!(error = %err, "cannot checkpoint the write-ahead log"),
         }
     }
@@ -471,8 +465,8 @@ fn start_checkpointer(
                 // Requests that came meanwhile are served by this one checkpoint.
                 while asked.try_recv().is_ok() {}
                 let _copying = lock(&held);
-                match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    Ok(()) => {
+                match checkpoint_passive(&connection) {
+                    Ok(_) => {
                         passes.fetch_add(1, Ordering::Release);
                     }
                     Err(err) => {
@@ -483,6 +477,16 @@ fn start_checkpointer(
         })
         .map_err(|err| StoreError::Batch(format!("cannot start the checkpointer: {err}")))?;
     Ok(Checkpointer { asks, copying })
+}
+
+/// Copies what it can of the WAL into the database without waiting for any lock; true when
+/// that was all of it (the next write transaction then starts the log over).
+fn checkpoint_passive(connection: &Connection) -> Result<bool, rusqlite::Error> {
+    let (busy, frames, copied): (i64, i64, i64) =
+        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+    Ok(busy == 0 && frames == copied)
 }
 
 /// Copies the whole WAL into the database and truncates it to nothing; false when readers
@@ -786,9 +790,10 @@ mod tests {
         fn pass_beside_a_write(&mut self) -> u64 {
             assert!(self.asked.try_recv().is_ok(), "no pass was asked for");
             while self.asked.try_recv().is_ok() {}
-            self.own
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                .unwrap();
+            assert!(
+                checkpoint_passive(&self.own).unwrap(),
+                "the pass copied all"
+            );
             let size = self.write_one();
             self.counts.passes.fetch_add(1, Ordering::Release);
             size
